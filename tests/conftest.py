@@ -1,0 +1,34 @@
+"""Shared fixtures: composing the real configs with every path under tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg("extract", ["dataset=sample", ...]) -> DictConfig with paths under tmp_path."""
+
+    def _compose(config_name: str, overrides: list[str] = ()):
+        GlobalHydra.instance().clear()
+        paths = [
+            f"paths.data={tmp_path / 'data'}",
+            f"paths.inference={tmp_path / 'inference'}",
+            f"paths.checkpoints={tmp_path / 'checkpoints'}",
+            f"paths.log_dir={tmp_path / 'outputs'}",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=paths + list(overrides))
+        GlobalHydra.instance().clear()
+        (tmp_path / "run").mkdir(exist_ok=True)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

@@ -1,0 +1,286 @@
+"""DAVIS 2017 reader on tiny trees whose masks are known by construction."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from PIL import Image
+from video_trees import labels, make_davis, write_png
+
+import usam
+from usam.datasets.davis import Davis, davis_palette
+from usam.errors import SampleError, UsamError
+
+CONF = Path(usam.__file__).parent / "conf"
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """train: bear (5 frames, ids 1 2), cows (3 frames, ids 1 3 7); val: dog (4 frames, id 1);
+    test-dev: goat (4 frames, first annotated)."""
+    root = tmp_path / "DAVIS"
+    expected = make_davis(
+        root,
+        {
+            "bear": {"frames": 5, "size": (16, 20), "ids": (1, 2)},
+            "cows": {"frames": 3, "size": (18, 24), "ids": (1, 3, 7)},
+            "dog": {"frames": 4, "size": (16, 20), "ids": (1,)},
+            "goat": {"frames": 4, "size": (16, 20), "ids": (1, 2), "annotated": "first"},
+        },
+        {"train": ["bear", "cows"], "val": ["dog"], "test-dev": ["goat"]},
+    )
+    return root, expected
+
+
+def reader(root, **kw):
+    kw.setdefault("resolution", "480p")
+    return Davis(root=root, **kw)
+
+
+def test_train_split_entries_and_masks(tree):
+    root, expected = tree
+    r = reader(root, split="train")
+    names = [e.name for e in r.entries]
+    assert names == [f"JPEGImages/480p/bear/{f:05d}.jpg" for f in range(5)] + [
+        f"JPEGImages/480p/cows/{f:05d}.jpg" for f in range(3)
+    ]
+    assert [e.group for e in r.entries] == ["bear"] * 5 + ["cows"] * 3
+    assert [e.index_in_group for e in r.entries] == [0, 1, 2, 3, 4, 0, 1, 2]
+    samples = list(r)
+    assert len(samples) == 8
+    for s in samples:
+        lab = expected[s.name]
+        assert s.image.shape == (*lab.shape, 3) and s.image.dtype == np.uint8
+        assert sorted(s.masks) == sorted(int(v) for v in np.unique(lab) if v)
+        for oid, m in s.masks.items():
+            assert m.dtype == bool
+            np.testing.assert_array_equal(m, lab == oid)
+    assert sorted(samples[5].masks) == [1, 3, 7]  # ids kept as written, not renumbered
+    assert r.stats.as_dict()["images"] == 8
+    assert r.stats.instances == 5 * 2 + 3 * 3
+    assert r.stats.empty == 0 and r.stats.unreadable == []
+
+
+def test_split_names(tree):
+    root, _ = tree
+    val = reader(root, split="val")
+    assert val.native_split == "val" and {e.group for e in val.entries} == {"dog"} and len(val) == 4
+    test = reader(root, split="test")
+    assert test.native_split == "test-dev"
+    # goat has 4 JPEGs but only the first frame annotated: one entry
+    assert [(e.name, e.index_in_group) for e in test.entries] == [
+        ("JPEGImages/480p/goat/00000.jpg", 0)
+    ]
+    with pytest.raises(UsamError, match="no split 'valid'"):
+        reader(root, split="valid")
+
+
+def test_void_255_is_ignored_and_empty_frames_counted(tree):
+    root, _ = tree
+    lab = labels(16, 20, 0, (1,))
+    lab[10:, :5] = 255
+    write_png(root / "Annotations/480p/dog/00001.png", lab)
+    write_png(root / "Annotations/480p/dog/00002.png", np.zeros((16, 20), np.uint8))
+    samples = {s.name: s for s in reader(root, split="val")}
+    s1 = samples["JPEGImages/480p/dog/00001.jpg"]
+    assert list(s1.masks) == [1]
+    np.testing.assert_array_equal(s1.masks[1], lab == 1)
+    assert samples["JPEGImages/480p/dog/00002.jpg"].masks == {}
+    r = reader(root, split="val")
+    list(r)
+    assert r.stats.empty == 1 and r.stats.images == 4 and r.stats.instances == 3
+
+
+def test_subsample_every_kth_frame_of_each_video(tree):
+    root, _ = tree
+    r = reader(root, split="train", sample=2)
+    assert [(e.group, e.index_in_group) for e in r.entries] == [
+        ("bear", 0),
+        ("bear", 2),
+        ("bear", 4),
+        ("cows", 0),
+        ("cows", 2),
+    ]
+    r = reader(root, split="train", sample=3)
+    assert [(e.group, e.index_in_group) for e in r.entries] == [
+        ("bear", 0),
+        ("bear", 3),
+        ("cows", 0),
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 8, 11])
+def test_shards_partition_the_split(tree, count):
+    root, _ = tree
+    full = [e.name for e in reader(root, split="train").entries]
+    shards = [
+        [e.name for e in reader(root, split="train", shard_index=i, shard_count=count).entries]
+        for i in range(count)
+    ]
+    assert [name for shard in shards for name in shard] == full  # disjoint, complete, in order
+
+
+def test_resolution_folder(tree):
+    root, _ = tree
+    with pytest.raises(UsamError, match=r"Full-Resolution not found; found: 480p"):
+        Davis(root=root, split="train")  # default resolution is Full-Resolution
+    bear = {"frames": 2, "size": (20, 24), "ids": (4,)}
+    expected = make_davis(root, {"bear": bear}, {}, res="Full-Resolution")
+    r = Davis(root=root, split="train", resolution="Full-Resolution")
+    # cows is listed in train.txt but has no Full-Resolution folders: counted, not fatal
+    assert [e.name for e in r.entries] == list(expected)
+    samples = list(r)
+    assert [s.image.shape for s in samples] == [(20, 24, 3)] * 2
+    assert len(r.stats.unreadable) == 1 and "cows" in r.stats.unreadable[0]["file"]
+
+
+@pytest.mark.parametrize(
+    "remove, match",
+    [
+        ("", "does not exist"),
+        ("ImageSets", "ImageSets/2017/train.txt not found"),
+        ("ImageSets/2017/train.txt", "ImageSets/2017/train.txt not found"),
+        ("JPEGImages", "JPEGImages/480p not found"),
+        ("Annotations/480p", "Annotations/480p not found"),
+    ],
+)
+def test_not_a_davis_tree_fails_at_once(tree, remove, match):
+    import shutil
+
+    root, _ = tree
+    if remove:
+        target = root / remove
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    else:
+        root = root / "nope"
+    with pytest.raises(UsamError, match=match) as err:
+        reader(root, split="train")
+    assert "expected <root>/JPEGImages/<res>" in str(err.value)
+    assert str(root) in str(err.value)
+
+
+def test_empty_video_list_is_an_error(tree):
+    root, _ = tree
+    (root / "ImageSets/2017/val.txt").write_text("\n  \n")
+    with pytest.raises(UsamError, match="lists no videos"):
+        _ = reader(root, split="val").entries
+
+
+def break_files(root: Path) -> dict[str, str]:
+    """Break four train frames in four ways; returns {file: reason fragment}."""
+    (root / "JPEGImages/480p/bear/00001.jpg").write_bytes(b"not a jpeg at all")
+    png = root / "Annotations/480p/bear/00002.png"
+    png.write_bytes(png.read_bytes()[:30])  # truncated
+    write_png(root / "Annotations/480p/bear/00003.png", labels(15, 20, 3, (1, 2)))  # one row short
+    (root / "JPEGImages/480p/cows/00001.jpg").unlink()
+    return {
+        str(root / "JPEGImages/480p/bear/00001.jpg"): "unreadable image",
+        str(png): "unreadable mask",
+        str(root / "Annotations/480p/bear/00003.png"): "mask is 20x15, image 00003.jpg is 20x16",
+        str(root / "JPEGImages/480p/cows/00001.jpg"): "no image",
+    }
+
+
+def test_broken_files_are_skipped_counted_and_named(tree, caplog):
+    root, _ = tree
+    broken = break_files(root)
+    r = reader(root, split="train")
+    with caplog.at_level(logging.WARNING):
+        names = [s.name for s in r]
+    assert len(names) == 8 - 4
+    assert r.stats.images == 4 and r.stats.as_dict()["unreadable"] == 4
+    got = {u["file"]: u["reason"] for u in r.stats.unreadable}
+    assert set(got) == set(broken)
+    for f, why in broken.items():
+        assert why in got[f]
+        assert f in caplog.text
+
+
+@pytest.mark.parametrize("which", range(4))
+def test_strict_raises_sample_error_naming_the_file(tree, which):
+    root, _ = tree
+    broken = list(break_files(root).items())
+    path, why = broken[which]
+    r = reader(root, split="train", strict=True)
+    entry = next(
+        e
+        for e in r.entries
+        if Path(path).stem == Path(e.name).stem and Path(path).parent.name == e.group
+    )
+    with pytest.raises(SampleError, match=why) as err:
+        r.try_load(entry)
+    assert err.value.path == path
+
+
+def test_strict_iteration_stops_at_first_broken(tree):
+    root, _ = tree
+    break_files(root)
+    r = reader(root, split="train", strict=True)
+    with pytest.raises(SampleError, match="bear/00001.jpg"):
+        list(r)
+
+
+def test_missing_video_folder(tree, caplog):
+    root, _ = tree
+    (root / "ImageSets/2017/val.txt").write_text("ghost\ndog\n")
+    r = reader(root, split="val")
+    with caplog.at_level(logging.WARNING):
+        assert len(r) == 4
+    assert r.stats.unreadable[0]["file"] == str(root / "JPEGImages/480p/ghost")
+    assert "ghost" in caplog.text
+    with pytest.raises(SampleError, match="ghost"):
+        _ = reader(root, split="val", strict=True).entries
+
+
+def test_palette_is_davis():
+    pal = davis_palette()
+    assert len(pal) == 768
+    # DAVIS colours: background, dark red, dark green, olive, navy, ...; void 255 is (224, 224, 192)
+    assert pal[:15] == [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128]
+    assert pal[255 * 3 :] == [224, 224, 192]
+
+
+def test_ids_come_from_palette_indices_not_colours(tree):
+    # the tree's PNGs use a non-DAVIS palette: ids must still be the raw index values
+    root, expected = tree
+    path = root / "Annotations/480p/dog/00000.png"
+    with Image.open(path) as im:
+        assert im.mode == "P"
+    s = next(iter(reader(root, split="val")))
+    np.testing.assert_array_equal(s.masks[1], expected[s.name] == 1)
+
+
+def test_instantiate_from_config(tree, tmp_path):
+    root, expected = tree
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "datasets",
+            overrides=[
+                "dataset=davis",
+                f"dataset.root={root}",
+                "dataset.split=train",
+                "dataset.resolution=480p",
+                "dataset.sample=2",
+                "shard.count=2",
+                "shard.index=1",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
+    r = instantiate(cfg.dataset)
+    assert isinstance(r, Davis) and r.name == "davis" and r.root == root
+    # 5 subsampled entries (bear 0 2 4, cows 0 2), second half
+    assert [(e.group, e.index_in_group) for e in r.entries] == [
+        ("bear", 4),
+        ("cows", 0),
+        ("cows", 2),
+    ]
+    for s in r:
+        for oid, m in s.masks.items():
+            np.testing.assert_array_equal(m, expected[s.name] == oid)

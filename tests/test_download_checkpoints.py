@@ -1,0 +1,118 @@
+"""python -m usam.download_checkpoints against the loopback server of test_download."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from test_download import no_proxy, server  # noqa: F401  (fixtures: loopback HTTP server)
+
+import usam
+from usam.download import sidecar_path, verify_checkpoint
+from usam.download_checkpoints import run
+from usam.errors import UsamError
+
+CONF = Path(usam.__file__).parent / "conf"
+WEIGHTS = b"not really a checkpoint" * 1000
+
+
+def config(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="download_checkpoints", overrides=overrides)
+
+
+@pytest.fixture
+def cfg_for(server, tmp_path):  # noqa: F811
+    (server.root / "tiny.pt").write_bytes(WEIGHTS)
+
+    def make(*extra):
+        return config(
+            [
+                f"sam_model.urls.tiny='{server.url('tiny.pt')}'",
+                "sam_model.sizes=[tiny]",
+                f"paths.checkpoints={tmp_path / 'ckpt'}",
+                f"paths.output_dir={tmp_path / 'run'}",
+                "retries=0",
+                *extra,
+            ]
+        )
+
+    return make
+
+
+def test_downloads_then_skips(cfg_for, server, tmp_path):  # noqa: F811
+    summary = run(cfg_for())
+    dest = tmp_path / "ckpt" / "sam2.1" / "sam2.1_hiera_tiny.pt"
+    digest = hashlib.sha256(WEIGHTS).hexdigest()
+    assert dest.read_bytes() == WEIGHTS
+    assert summary["files"] == [
+        {
+            "size": "tiny",
+            "path": str(dest),
+            "url": server.url("tiny.pt"),
+            "pinned": False,
+            "status": "downloaded",
+            "sha256": digest,
+        }
+    ]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    verify_checkpoint(dest, None)  # what the SAM loader does: checks the recorded sidecar
+
+    summary = run(cfg_for(f"sam_model.sha256.tiny='{digest}'"))
+    assert summary["files"][0]["status"] == "skipped" and summary["files"][0]["sha256"] == digest
+    assert len(server.requests) == 1
+
+
+def test_pinned_mismatch_fails_and_keeps_nothing(cfg_for, tmp_path):
+    wrong = hashlib.sha256(b"the real checkpoint").hexdigest()
+    with pytest.raises(UsamError, match=f"1 of 1 .*sha256 mismatch: expected {wrong}"):
+        run(cfg_for(f"sam_model.sha256.tiny='{wrong}'"))
+    ckdir = tmp_path / "ckpt" / "sam2.1"
+    assert list(ckdir.iterdir()) == []
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["files"][0]["status"] == "failed" and wrong in summary["files"][0]["error"]
+    assert not sidecar_path(ckdir / "sam2.1_hiera_tiny.pt").exists()
+
+
+def test_refuses_random_and_unknown_sizes(cfg_for):
+    with pytest.raises(UsamError, match="random weights and needs no download"):
+        run(cfg_for("sam_model=random"))
+    with pytest.raises(UsamError, match="'huge'"):
+        run(cfg_for("sam_model.sizes=[huge]"))
+
+
+def test_every_version_resolves_to_its_own_files(tmp_path):
+    for version, name in [("sam2.1", "sam2.1_hiera_large.pt"), ("sam2.0", "sam2_hiera_large.pt")]:
+        cfg = config([f"sam_model={version}", f"paths.checkpoints={tmp_path}"])
+        assert cfg.sam_model.checkpoint_dir == f"{tmp_path}/{version}"
+        assert cfg.sam_model.checkpoints.large == name and cfg.sam_model.urls.large.endswith(
+            "/" + name
+        )
+
+
+def test_entrypoint_exits_1_with_one_line(tmp_path):
+    env = {
+        **os.environ,
+        "USAM_OUTPUTS": str(tmp_path / "outputs"),
+        "USAM_CHECKPOINTS": str(tmp_path),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "usam.download_checkpoints", "sam_model=random"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "error: sam_model with random_weights=true" in proc.stderr
+    assert "Traceback" not in proc.stderr

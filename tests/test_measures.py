@@ -1,0 +1,132 @@
+"""Measures on maps and masks whose values are known by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from usam.measures import best_index, entropy, mask_iou, mixture, score_weights
+
+
+def h(c: float) -> float:
+    return -c * math.log2(c) - (1 - c) * math.log2(1 - c)
+
+
+def full(v, shape=(16, 16), dtype=torch.float32):
+    return torch.full(shape, v, dtype=dtype)
+
+
+def test_entropy_of_constant_maps_is_binary_entropy():
+    assert entropy(full(0.5)).item() == pytest.approx(1.0, abs=1e-6)
+    for c in (0.1, 0.3, 0.9, 0.99):
+        assert entropy(full(c, dtype=torch.float64)).item() == pytest.approx(h(c), abs=1e-12)
+        assert entropy(full(c)).item() == pytest.approx(h(c), rel=1e-5)
+
+
+def test_entropy_of_zero_map_is_tiny_and_finite():
+    v = entropy(torch.zeros(8, 8, dtype=torch.float64)).item()
+    assert math.isfinite(v) and v == pytest.approx(h(1e-6), rel=1e-9)
+    assert 0 < entropy(torch.zeros(256, 256)).item() < 1e-4
+
+
+def test_entropy_of_certain_binary_map_is_near_zero():
+    p = torch.zeros(32, 32, dtype=torch.float64)
+    p[:, :16] = 1.0
+    assert entropy(p).item() == pytest.approx(h(1e-6), rel=1e-6)  # both levels clip to h(eps)
+    assert 0 < entropy(p.float()).item() < 1e-4  # float32 cannot hold 1 - 1e-6 exactly
+
+
+def test_entropy_two_level_map_is_foreground_weighted():
+    p = torch.full((10, 10), 0.2, dtype=torch.float64)
+    p[:, :3] = 0.9  # 30 pixels at 0.9, 70 at 0.2
+    want = (30 * 0.9 * h(0.9) + 70 * 0.2 * h(0.2)) / (30 * 0.9 + 70 * 0.2)
+    assert entropy(p).item() == pytest.approx(want, abs=1e-12)
+    # differs from the plain mean, so the weighting is really applied
+    assert abs(want - (0.3 * h(0.9) + 0.7 * h(0.2))) > 0.05
+
+
+def test_entropy_batched_and_numpy():
+    maps = torch.stack([full(0.5), full(0.1), full(0.9)]).reshape(3, 1, 16, 16)
+    out = entropy(maps)
+    assert out.shape == (3, 1)
+    assert out[:, 0].tolist() == pytest.approx([1.0, h(0.1), h(0.9)], rel=1e-5)
+    assert entropy(np.full((2, 4, 4), 0.5, np.float32)).tolist() == pytest.approx([1.0, 1.0])
+    assert torch.isfinite(entropy(torch.full((4, 4), 0.5, dtype=torch.float16)))
+
+
+def test_mixture_known_weights():
+    maps = torch.stack([full(0.2), full(0.8)])
+    assert torch.allclose(mixture(maps, torch.tensor([1.0, 3.0])), full(0.65))
+    assert torch.allclose(mixture(maps, torch.tensor([0.0, 0.0])), full(0.5))  # uniform
+    assert torch.allclose(mixture(maps, [2.0, 0.0]), full(0.2))
+
+
+def test_mixture_batched_rows_are_independent():
+    maps = torch.stack([full(0.2), full(0.8)]).expand(3, 2, 16, 16)
+    w = torch.tensor([[1.0, 3.0], [0.0, 0.0], [1.0, 0.0]])
+    out = mixture(maps, w)
+    assert out.shape == (3, 16, 16)
+    assert out[:, 0, 0].tolist() == pytest.approx([0.65, 0.5, 0.2])
+
+
+def test_mixture_rejects_bad_input():
+    with pytest.raises(ValueError, match="disagree"):
+        mixture(torch.zeros(3, 4, 4), torch.ones(2))
+    with pytest.raises(ValueError, match=">= 0"):
+        mixture(torch.zeros(2, 4, 4), torch.tensor([1.0, -1.0]))
+
+
+def test_score_weights():
+    assert score_weights(torch.tensor([0.2, 0.6, 0.2])).tolist() == pytest.approx([0.2, 0.6, 0.2])
+    assert score_weights(torch.tensor([1.0, 3.0, -2.0])).tolist() == pytest.approx([0.25, 0.75, 0])
+    assert score_weights(torch.tensor([0.0, -1.0, 0.0])).tolist() == pytest.approx([1 / 3] * 3)
+    out = score_weights(np.array([[1.0, 1.0], [0.0, 0.0]]))
+    assert out.flatten().tolist() == pytest.approx([0.5] * 4)
+
+
+def box(y, x, h=10, w=10, shape=(40, 40)):
+    m = torch.zeros(shape, dtype=torch.bool)
+    m[y : y + h, x : x + w] = True
+    return m
+
+
+def test_iou_of_known_rectangles():
+    a, b = box(5, 5), box(5, 10)  # overlap 10x5 = 50, union 150
+    assert mask_iou(a, b).item() == pytest.approx(50 / 150)
+    assert mask_iou(a, a).item() == 1.0
+    assert mask_iou(a, box(20, 20)).item() == 0.0
+    assert mask_iou(torch.zeros(4, 4, dtype=torch.bool), torch.zeros(4, 4, dtype=torch.bool)) == 0
+
+
+def test_iou_batched_against_one_gt_and_numpy():
+    preds = torch.stack([box(5, 5), box(5, 10), box(20, 20)]).reshape(1, 3, 40, 40)
+    out = mask_iou(preds, box(5, 5).numpy())
+    assert out.shape == (1, 3)
+    assert out[0].tolist() == pytest.approx([1.0, 1 / 3, 0.0])
+    assert mask_iou(preds.numpy().astype(np.uint8), box(5, 5)).tolist() == out.tolist()
+
+
+def test_iou_rejects_float_and_mismatched():
+    with pytest.raises(ValueError, match="bool"):
+        mask_iou(torch.rand(4, 4), box(0, 0, shape=(4, 4)))
+    with pytest.raises(ValueError, match="same"):
+        mask_iou(box(0, 0, shape=(4, 4)), box(0, 0, shape=(4, 5)))
+
+
+def test_iou_agrees_with_pycocotools():
+    rng = np.random.default_rng(0)
+    preds = rng.random((6, 37, 53)) < rng.random((6, 1, 1))
+    gt = rng.random((37, 53)) < 0.4
+    preds[5] = False  # empty prediction vs non-empty gt
+    rle = lambda m: mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    want = mask_utils.iou([rle(p) for p in preds], [rle(gt)], [0])[:, 0]
+    assert mask_iou(preds, gt).numpy() == pytest.approx(want, abs=1e-7)
+    empty = np.zeros((5, 5), bool)
+    assert mask_utils.iou([rle(empty)], [rle(empty)], [0])[0, 0] == mask_iou(empty, empty).item()
+
+
+def test_best_index_first_on_ties():
+    assert best_index(torch.tensor([0.1, 0.7, 0.7])).item() == 1
+    assert best_index(np.array([[0.5, 0.5, 0.5], [0.0, 0.2, 0.9]])).tolist() == [0, 2]

@@ -1,0 +1,219 @@
+"""MOSE reader on tiny trees whose masks are known by construction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from video_trees import labels, make_mose, write_png
+
+import usam
+from usam.datasets.mose import Mose
+from usam.errors import SampleError, UsamError
+
+CONF = Path(usam.__file__).parent / "conf"
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """train: b-vid (4 frames, ids 1 2 5), a-vid (2 frames, id 1);
+    valid: c, d (first frame annotated only)."""
+    root = tmp_path / "MOSE"
+    train = make_mose(
+        root,
+        "train",
+        {
+            "b-vid": {"frames": 4, "size": (16, 20), "ids": (1, 2, 5)},
+            "a-vid": {"frames": 2, "size": (12, 14), "ids": (1,)},
+        },
+    )
+    valid = make_mose(
+        root,
+        "valid",
+        {
+            "c": {"frames": 5, "size": (16, 20), "ids": (1, 2), "annotated": "first"},
+            "d": {"frames": 3, "size": (10, 12), "ids": (3,), "annotated": "first"},
+        },
+    )
+    return root, {**train, **valid}
+
+
+def check_masks(samples, expected):
+    for s in samples:
+        lab = expected[s.name]
+        assert s.image.shape == (*lab.shape, 3)
+        assert sorted(s.masks) == sorted(int(v) for v in np.unique(lab) if v)
+        for oid, m in s.masks.items():
+            np.testing.assert_array_equal(m, lab == oid)
+
+
+def test_train_every_frame_in_meta_order(tree):
+    root, expected = tree
+    r = Mose(root=root, split="train")
+    assert r.native_split == "train"
+    # videos sorted by name, frames in order
+    assert [e.name for e in r.entries] == [
+        "train/JPEGImages/a-vid/00000.jpg",
+        "train/JPEGImages/a-vid/00001.jpg",
+        *(f"train/JPEGImages/b-vid/{f:05d}.jpg" for f in range(4)),
+    ]
+    assert [(e.group, e.index_in_group) for e in r.entries] == [
+        ("a-vid", 0),
+        ("a-vid", 1),
+        ("b-vid", 0),
+        ("b-vid", 1),
+        ("b-vid", 2),
+        ("b-vid", 3),
+    ]
+    samples = list(r)
+    check_masks(samples, expected)
+    assert r.stats.images == 6 and r.stats.instances == 2 * 1 + 4 * 3 and r.stats.unreadable == []
+
+
+def test_val_is_valid_first_frames_only(tree):
+    root, expected = tree
+    r = Mose(root=root, split="val")
+    assert r.native_split == "valid"
+    assert [e.name for e in r.entries] == [
+        "valid/JPEGImages/c/00000.jpg",
+        "valid/JPEGImages/d/00000.jpg",
+    ]
+    samples = list(r)
+    check_masks(samples, expected)
+    assert [sorted(s.masks) for s in samples] == [[1, 2], [3]]
+
+
+def test_no_test_split(tree):
+    root, _ = tree
+    with pytest.raises(UsamError, match="no split 'test'; it has: train, val"):
+        Mose(root=root, split="test")
+
+
+def test_subsample_and_shards(tree):
+    root, _ = tree
+    r = Mose(root=root, split="train", sample=2)
+    assert [(e.group, e.index_in_group) for e in r.entries] == [
+        ("a-vid", 0),
+        ("b-vid", 0),
+        ("b-vid", 2),
+    ]
+    for count in (1, 2, 4, 7):
+        shards = [
+            [
+                e.name
+                for e in Mose(root=root, split="train", shard_index=i, shard_count=count).entries
+            ]
+            for i in range(count)
+        ]
+        assert [name for shard in shards for name in shard] == [
+            e.name for e in Mose(root=root, split="train").entries
+        ]
+
+
+def test_video_in_meta_but_not_on_disk(tree, caplog):
+    root, _ = tree
+    meta = json.loads((root / "meta_valid.json").read_text())
+    meta["videos"]["zzz"] = {"length": 3}
+    (root / "meta_valid.json").write_text(json.dumps(meta))
+    r = Mose(root=root, split="val")
+    with caplog.at_level(logging.WARNING):
+        assert [e.group for e in r.entries] == ["c", "d"]
+    assert r.stats.unreadable == [
+        {
+            "file": str(root / "valid/JPEGImages/zzz"),
+            "reason": "video 'zzz' is listed but its folder is missing",
+        }
+    ]
+    assert "zzz" in caplog.text
+    assert len(list(r)) == 2 and r.stats.images == 2
+    with pytest.raises(SampleError, match="zzz"):
+        _ = Mose(root=root, split="val", strict=True).entries
+
+
+def test_missing_annotation_folder_of_one_video(tree):
+    root, _ = tree
+    shutil.rmtree(root / "train/Annotations/a-vid")
+    r = Mose(root=root, split="train")
+    assert {e.group for e in r.entries} == {"b-vid"}
+    assert r.stats.unreadable[0]["file"] == str(root / "train/Annotations/a-vid")
+
+
+@pytest.mark.parametrize(
+    "remove, split, match",
+    [
+        ("train", "train", r"MOSE/train not found \(split folder\)"),
+        ("meta_valid.json", "val", r"meta_valid.json not found"),
+        ("valid/Annotations", "val", r"valid/Annotations not found"),
+        ("train/JPEGImages", "train", r"train/JPEGImages not found"),
+    ],
+)
+def test_not_a_mose_tree_fails_at_once(tree, remove, split, match):
+    root, _ = tree
+    target = root / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(UsamError, match=match) as err:
+        Mose(root=root, split=split)
+    assert "expected <root>/meta_{train,valid}.json" in str(err.value)
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(UsamError, match=f"{tmp_path / 'MOSE'} does not exist"):
+        Mose(root=tmp_path / "MOSE", split="train")
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"vids": {}}', 'has no "videos" object'),
+        ('{"videos": {}}', "lists no videos"),
+    ],
+)
+def test_bad_meta_file(tree, text, match):
+    root, _ = tree
+    (root / "meta_train.json").write_text(text)
+    with pytest.raises(UsamError, match=match) as err:
+        _ = Mose(root=root, split="train").entries
+    assert "meta_train.json" in str(err.value)
+
+
+def test_broken_frames_skipped_or_strict(tree):
+    root, _ = tree
+    (root / "train/JPEGImages/b-vid/00002.jpg").write_bytes(b"\xff\xd8garbage")
+    bad_mask = root / "train/Annotations/b-vid/00003.png"
+    write_png(bad_mask, labels(16, 21, 3, (1,)))  # one column too wide
+    r = Mose(root=root, split="train")
+    assert len(list(r)) == 4
+    assert [u["file"] for u in r.stats.unreadable] == [
+        str(root / "train/JPEGImages/b-vid/00002.jpg"),
+        str(bad_mask),
+    ]
+    assert "mask is 21x16, image 00003.jpg is 20x16" in r.stats.unreadable[1]["reason"]
+    with pytest.raises(SampleError, match="b-vid/00002.jpg"):
+        list(Mose(root=root, split="train", strict=True))
+
+
+def test_instantiate_from_config(tree, tmp_path):
+    root, expected = tree
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "datasets",
+            overrides=[
+                "dataset=mose",
+                f"dataset.root={root}",
+                "dataset.split=val",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
+    r = instantiate(cfg.dataset)
+    assert isinstance(r, Mose) and r.name == "mose" and r.split == "val"
+    check_masks(list(r), expected)
+    assert r.stats.images == 2

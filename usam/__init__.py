@@ -1,0 +1,1 @@
+"""usam: fast uncertainty estimators for SAM 2."""

@@ -1,0 +1,206 @@
+"""What every dataset reader shares: the sample type, split names, subsampling, sharding.
+
+A reader indexes its split once into lightweight `Entry` objects (paths only, no pixels),
+then `load(entry)` reads one image and its instance masks. Iterating a reader yields
+`Sample`s and skips broken ones: each skip is logged with the file and the reason and
+counted in `reader.stats`; with `strict=True` the first broken sample raises instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from usam.errors import SampleError, UsamError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Sample:
+    """One image with its ground-truth instances."""
+
+    image: np.ndarray  # H x W x 3, uint8, RGB
+    masks: dict[int, np.ndarray]  # instance id -> H x W bool
+    name: str  # image path relative to the dataset root (posix), unique within the dataset
+    group: str  # video name, or image id for still-image datasets
+
+
+@dataclass
+class Entry:
+    """Where one sample lives; cheap to create for millions of images."""
+
+    name: str
+    group: str
+    index_in_group: int = 0  # frame position inside its video (0 for still images)
+    info: dict[str, Any] = field(default_factory=dict)  # reader-specific: paths, ids, ...
+
+
+@dataclass
+class Stats:
+    images: int = 0
+    instances: int = 0
+    empty: int = 0  # images read fine but without any instance
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "instances": self.instances,
+            "images_without_instances": self.empty,
+            "unreadable": len(self.unreadable),
+            "unreadable_files": self.unreadable,
+        }
+
+
+class DatasetReader:
+    """Base class. Subclasses set `splits`, `video`, `layout` and implement `index`, `load`.
+
+    `splits` maps usam's split names (train/val/test) to the dataset's own.
+    `video=True` makes `sample=k` keep every k-th frame of each video; for still
+    images it keeps every k-th image of the sorted split.
+    `start`/`end` then keep a slice of that list (the seed's --start/--end).
+    Shards are contiguous blocks of the (subsampled) entry list, so a video's frames
+    mostly stay in one shard; together the shards cover the split exactly once.
+    """
+
+    splits: dict[str, str] = {}
+    video: bool = False
+    layout: str = ""  # human description of the expected tree, used in error messages
+
+    def __init__(
+        self,
+        *,
+        root: str | Path,
+        split: str = "val",
+        name: str | None = None,
+        sample: int = 1,
+        shard_index: int = 0,
+        shard_count: int = 1,
+        strict: bool = False,
+        start: int = 0,
+        end: int | None = None,
+    ):
+        self.root = Path(root).expanduser()
+        self.name = name or type(self).__name__.lower()
+        if split not in self.splits:
+            have = ", ".join(self.splits) or "none"
+            raise UsamError(
+                f"dataset {self.name!r} has no split {split!r}; it has: {have} "
+                f"(usam names splits train/val/test)"
+            )
+        self.split = split
+        self.native_split = self.splits[split]
+        if int(sample) < 1:
+            raise UsamError(f"dataset.sample must be >= 1, got {sample}")
+        if not 0 <= int(shard_index) < int(shard_count):
+            raise UsamError(f"need 0 <= shard.index < shard.count, got {shard_index} / {shard_count}")
+        self.sample, self.shard_index, self.shard_count = int(sample), int(shard_index), int(shard_count)
+        self.strict = bool(strict)
+        self.start, self.end = int(start), (None if end is None else int(end))
+        self.stats = Stats()
+        if not self.root.is_dir():
+            raise UsamError(f"dataset root {self.root} does not exist; expected {self.layout}")
+        self._entries: list[Entry] | None = None
+
+    # -- to implement -------------------------------------------------------------------
+    def index(self) -> list[Entry]:
+        """All entries of the split, in a stable order."""
+        raise NotImplementedError
+
+    def load(self, entry: Entry) -> Sample:
+        """Read one sample; raise SampleError naming the file when it is broken."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    def require(self, path: Path, what: str) -> Path:
+        """Fail at once, naming the path and the expected layout, when `path` is missing."""
+        if not path.exists():
+            raise UsamError(f"{path} not found ({what}); expected {self.layout}")
+        return path
+
+    @property
+    def entries(self) -> list[Entry]:
+        if self._entries is None:
+            entries = self.index()
+            if self.video:
+                entries = [e for e in entries if e.index_in_group % self.sample == 0]
+            else:
+                entries = entries[:: self.sample]
+            entries = entries[self.start : self.end]  # the seed's --start/--end, before sharding
+            n, k, i = len(entries), self.shard_count, self.shard_index
+            self._entries = entries[i * n // k : (i + 1) * n // k]
+        return self._entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for entry in self.entries:
+            sample = self.try_load(entry)
+            if sample is not None:
+                yield sample
+
+    def try_load(self, entry: Entry) -> Sample | None:
+        """Load and count one entry; a broken one is logged, counted and returns None."""
+        try:
+            sample = self.load(entry)
+            check_sample(sample, entry.name)
+        except SampleError as err:
+            if self.strict:
+                raise
+            log.warning("skipping %s: %s", err.path, err.reason)
+            self.stats.unreadable.append({"file": err.path, "reason": err.reason})
+            return None
+        self.stats.images += 1
+        self.stats.instances += len(sample.masks)
+        self.stats.empty += not sample.masks
+        return sample
+
+
+# -- file helpers shared by the readers -------------------------------------------------------
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as H x W x 3 uint8 RGB, or SampleError naming the file."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as err:
+        raise SampleError(path, f"unreadable image ({err})") from None
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """A palette or grey PNG as its raw index values (object or class id per pixel)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L", "I", "I;16", "1"):
+                im = im.convert("L")
+            return np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise SampleError(path, f"unreadable mask ({err})") from None
+
+
+def masks_from_labels(labels: np.ndarray, ignore: tuple[int, ...] = (0,)) -> dict[int, np.ndarray]:
+    """One boolean mask per label value present, except `ignore` (background, void)."""
+    ids = [int(v) for v in np.unique(labels) if int(v) not in ignore]
+    return {i: labels == i for i in ids}
+
+
+def check_sample(sample: Sample, name: str) -> None:
+    """Shape checks every reader gets for free: RGB uint8 image, masks of the image's size."""
+    img = sample.image
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise SampleError(name, f"image is {img.dtype} {img.shape}, expected H x W x 3 uint8")
+    h, w = img.shape[:2]
+    for iid, m in sample.masks.items():
+        if m.shape != (h, w):
+            raise SampleError(
+                name, f"mask of instance {iid} is {m.shape[1]}x{m.shape[0]}, image is {w}x{h}"
+            )
+    sample.masks = {i: m.astype(bool, copy=False) for i, m in sample.masks.items()}
