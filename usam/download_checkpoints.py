@@ -14,6 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from usam import CONF_DIR
 from usam.cli import run_stage
 from usam.download import download, file_sha256, is_complete, read_sidecar, safe_join
 from usam.errors import UsamError
@@ -65,7 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="download_checkpoints")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="download_checkpoints")
 def main(cfg: DictConfig) -> None:
     run_stage(run, cfg)
 

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from usam import CONF_DIR
 from usam.cli import run_stage
 from usam.storage import write_json
 
@@ -43,7 +44,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="datasets")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="datasets")
 def main(cfg: DictConfig) -> None:
     run_stage(run, cfg)
 

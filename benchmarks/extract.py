@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Extraction speed: usam's Extractor vs the published code's loop, same images, one process.
+
+The baseline re-encodes the image for every instance and decodes one prompt at a time
+(what the published code did); usam encodes once per (model, variant) and decodes all
+prompts of all instances in batches. Both compute the same quantities.
+
+  python benchmarks/extract.py                          # random tiny, 256 px, 6 instances, CPU
+  python benchmarks/extract.py --sizes tiny small base_plus large --image-size 1024 \
+      --checkpoint-dir checkpoints/sam2.1                   # real weights (e.g. on a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from usam.augment import Augmentations
+from usam.datasets.base import Sample
+from usam.extract import Extractor, RecordWriter
+from usam.measures import mask_iou
+from usam.prompts import instance_rng, prompt_points
+from usam.sam import SamModels
+
+SIZES = ("tiny", "small", "base_plus", "large")
+
+
+def synthetic_images(n: int, instances: int, size: tuple[int, int], seed: int = 0) -> list[Sample]:
+    """Images with `instances` non-overlapping rectangles each (known GT masks)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    out = []
+    for k in range(n):
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        masks = {}
+        cols = instances
+        cw = w // cols
+        for i in range(instances):
+            m = np.zeros((h, w), bool)
+            y0 = int(rng.integers(0, h // 2))
+            m[y0 : y0 + h // 3, i * cw + 2 : (i + 1) * cw - 2] = True
+            img[m] = rng.integers(0, 255, 3, dtype=np.uint8)
+            masks[i + 1] = m
+        out.append(Sample(image=img, masks=masks, name=f"bench/{k:05d}.jpg", group="bench"))
+    return out
+
+
+def baseline(models: SamModels, images: list[Sample], seed: int, n_samples: int) -> float:
+    """The published loop: per instance, encode again, then decode prompts one by one."""
+    start = time.perf_counter()
+    for s in images:
+        for iid, gt in s.masks.items():
+            pts = prompt_points(gt, instance_rng(seed, s.name, iid), n_samples)
+            for model in models:
+                model.set_image(s.image)
+                g = torch.as_tensor(gt, device=model.device)
+                for p in range(len(pts)):
+                    dec = model.decode(pts[None, p : p + 1], np.ones((1, 1), np.int64))
+                    mask_iou(dec.masks, g)
+                dec = model.decode(pts[None], np.ones((1, len(pts)), np.int64))
+                mask_iou(dec.masks, g)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["tiny"], choices=SIZES)
+    p.add_argument("--image-size", type=int, default=256, help="SAM input size (1024 = SAM's own)")
+    p.add_argument("--checkpoint-dir", default=None, help="real checkpoints; default: random weights")
+    p.add_argument("--version", default="sam2.1", choices=["sam2.1", "sam2.0"])
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--instances", type=int, default=6)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+
+    from omegaconf import OmegaConf
+    from importlib.resources import files
+
+    cfg = OmegaConf.load(str(files("usam") / "conf" / "sam_model" / "sam2.1.yaml"))
+    if args.version == "sam2.0":
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(str(files("usam") / "conf" / "sam_model" / "sam2.0.yaml")))
+    cfg.pop("_target_"), cfg.pop("defaults", None)
+    random = args.checkpoint_dir is None
+    cfg.update(sizes=list(args.sizes), random_weights=random, device=args.device,
+               image_size=None if args.image_size == 1024 else args.image_size,
+               checkpoint_dir=args.checkpoint_dir or "unused")
+    models = SamModels(**OmegaConf.to_container(cfg))
+    images = synthetic_images(args.images, args.instances, (args.height, args.width))
+    writer = RecordWriter(root="unused", dataset="bench", split="bench")
+    extractor = Extractor(models=models, augment=Augmentations(), writer=writer, seed=0)
+
+    extractor.process(images[0])  # warm-up (allocator, kernels)
+    baseline(models, images[:1], 0, 7)
+    for m in models:
+        m.encoder_passes = 0
+
+    t0 = time.perf_counter()
+    for s in images:
+        extractor.process(s)
+    t_usam = time.perf_counter() - t0
+    passes_usam = sum(m.encoder_passes for m in models)
+    for m in models:
+        m.encoder_passes = 0
+    t_base = baseline(models, images, 0, 7)
+    passes_base = sum(m.encoder_passes for m in models)
+
+    dev = next(iter(models)).device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(f"device={name} sizes={args.sizes} image_size={args.image_size} weights="
+          f"{'random' if random else 'checkpoint'} images={args.images} instances/image={args.instances}")
+    print(f"baseline (re-encode per instance, one prompt per call): {t_base:8.2f} s  "
+          f"{t_base / args.images:6.3f} s/img  encoder passes {passes_base}")
+    print(f"usam     (encode once, batched prompts):                {t_usam:8.2f} s  "
+          f"{t_usam / args.images:6.3f} s/img  encoder passes {passes_usam}")
+    print(f"speed-up: {t_base / t_usam:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

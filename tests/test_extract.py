@@ -1,0 +1,331 @@
+"""Stage 1: every SPEC field on a case known by hand, plus the real SAM 2 path end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from usam.cli import user_error
+from usam.datasets.base import Sample
+from usam.errors import UsamError
+from usam.extract import Extractor, RecordWriter, run
+from usam.sam import Decoded
+from usam.storage import read_tensors
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def h(p: float) -> float:
+    """Binary entropy in bits: the entropy H of a constant probability map p."""
+    return -p * math.log2(p) - (1 - p) * math.log2(1 - p)
+
+
+# -- a SAM stand-in whose outputs are known by hand -------------------------------------------
+H = W = 8
+GT = np.zeros((H, W), bool)
+GT[:, :4] = True  # left half: 32 px
+SCORES = [0.2, 0.7, 0.1]  # SAM prefers mask 1
+OTHER_MAPS = [0.2, 0.9]  # constant low-res maps of masks 1 and 2
+
+
+class FakeModel:
+    """Single-point prompts: mask 0 = GT without its last column (IoU 0.75), mask 1 = whole
+    image (IoU 0.5), mask 2 = empty (IoU 0). Dense prompts: mask 0 = GT (IoU 1).
+    Low-res map of mask 0 is the constant image.mean()/255 * gain; masks 1, 2 constants."""
+
+    def __init__(self, size: str, gain: float):
+        self.size, self.gain = size, gain
+        self.device = torch.device("cpu")
+        self.batch_size = 5  # forces several decoder chunks
+        self.encoder_passes = 0
+        self.decoded_batches: list[int] = []
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.encoder_passes += 1
+        self.c0 = float(image.mean()) / 255 * self.gain
+
+    def decode(self, points, labels) -> Decoded:
+        b, n = points.shape[:2]
+        self.decoded_batches.append(b)
+        masks = torch.zeros(b, 3, H, W, dtype=torch.bool)
+        masks[:, 0, :, :3] = True
+        if n > 1:
+            masks[:, 0, :, :4] = True
+        masks[:, 1] = True
+        probs = torch.tensor([self.c0, *OTHER_MAPS]).view(1, 3, 1, 1).expand(b, 3, 4, 4).clone()
+        tokens = torch.arange(4 * 256, dtype=torch.float32).view(4, 256)
+        return Decoded(
+            masks=masks,
+            scores=torch.tensor([SCORES] * b),
+            low_res_probs=probs,
+            iou_token=torch.as_tensor(points[:, 0, :1], dtype=torch.float32).expand(b, 256).clone(),
+            mask_tokens=tokens[1:].expand(b, 3, 256).clone(),
+        )
+
+
+class FakeModels(list):
+    version, random_weights = "fake", True
+
+    @property
+    def sizes(self):
+        return [m.size for m in self]
+
+
+class TwoVariants:
+    """original + a darker copy (a photometric variant: points and masks need no mapping)."""
+
+    names = ["original", "dark"]
+
+    def __iter__(self):
+        ident = lambda x: x  # noqa: E731
+        yield "original", lambda img, pts, key=None: (img, pts, ident)
+        yield "dark", lambda img, pts, key=None: ((img // 2).astype(np.uint8), pts, ident)
+
+
+@pytest.fixture
+def hand_case(tmp_path):
+    image = np.full((H, W, 3), 204, np.uint8)  # mean 204 -> c0 = 0.8 * gain
+    other = np.zeros((H, W), bool)
+    other[:, 5:] = True
+    sample = Sample(image=image, masks={3: GT, 9: other}, name="v/00000.jpg", group="v")
+    models = FakeModels([FakeModel("tiny", 1.0), FakeModel("large", 0.5)])
+    ex = Extractor(models=models, augment=TwoVariants(),
+                   writer=RecordWriter(root=tmp_path, dataset="d", split="val"))
+    record, tensors = ex.process(sample)
+    return record, tensors, models
+
+
+def test_fields_known_by_hand(hand_case):
+    record, tensors, models = hand_case
+    f = record["fields"]
+    c0 = {("tiny", "original"): 0.8, ("tiny", "dark"): 0.4, ("large", "original"): 0.4, ("large", "dark"): 0.2}
+    for m in ("tiny", "large"):
+        for v in ("original", "dark"):
+            x = f[m][v]
+            # instance 3 is the GT above; each field is a list over the two instances
+            assert x["iou"][0] == pytest.approx(0.75)
+            assert x["best"][0] == 0
+            assert x["sam_score"][0] == pytest.approx(0.2)
+            assert x["unsupervised_iou"][0] == pytest.approx(0.5)
+            assert x["unsupervised_sam_score"][0] == pytest.approx(0.7)
+            assert x["iou_dense_prompt"][0] == pytest.approx(1.0)
+            assert list(x["ious"][0]) == pytest.approx([0.75, 0.5, 0.0])
+            assert x["entropy"][0] == pytest.approx(h(c0[m, v]), abs=1e-5)
+            # score-weighted mixture of the 3 constant maps
+            p_task = 0.2 * c0[m, v] + 0.7 * 0.2 + 0.1 * 0.9
+            assert x["h_task"][0] == pytest.approx(h(p_task), abs=1e-5)
+            assert x["h_prompt"][0] == pytest.approx(h(c0[m, v]), abs=1e-5)  # same best map for all 8
+            # over the two variants of this model / the two models of this variant
+            assert x["h_augmentation"][0] == pytest.approx(h((c0[m, "original"] + c0[m, "dark"]) / 2), abs=1e-5)
+            assert x["h_theta"][0] == pytest.approx(h((c0["tiny", v] + c0["large", v]) / 2), abs=1e-5)
+            mix = np.mean([0.2 * c + 0.7 * 0.2 + 0.1 * 0.9 for c in c0.values()])
+            assert x["h_all"][0] == pytest.approx(h(mix), abs=1e-5)
+            # the second instance (right 3 columns) overlaps mask 0 nowhere, the full image 24/64
+            assert list(x["ious"][1]) == pytest.approx([0.0, 24 / 64, 0.0])
+    # tokens: IoU token of the centre prompt, mask tokens 1..3 paired with masks 0..2
+    tok = tensors["tiny/original/iou_token"]
+    assert tok.shape == (2, 256)
+    assert tok[:, 0] == pytest.approx([p["points"][0][0] for p in record["instances"]])
+    mt = tensors["large/dark/mask_tokens"]
+    assert mt.shape == (2, 3, 256) and mt[0, 0, 0] == 256 and mt[0, 2, 0] == 3 * 256
+
+
+def test_encoder_once_per_model_and_variant_and_batched_decoding(hand_case):
+    record, _, models = hand_case
+    for m in models:
+        assert m.encoder_passes == 2  # one per variant, whatever the instance count
+        # 2 instances x 8 single-point prompts in chunks of 5, then 2 dense prompts, per variant
+        assert m.decoded_batches == [5, 5, 5, 1, 2] * 2
+    assert record["instances"][0]["gt_area"] == 32
+    assert [i["id"] for i in record["instances"]] == [3, 9]
+
+
+def test_meaningless_fields_are_nan(tmp_path):
+    image = np.full((H, W, 3), 204, np.uint8)
+    sample = Sample(image=image, masks={1: GT}, name="a.jpg", group="a")
+    from usam.augment import Augmentations
+
+    ex = Extractor(models=FakeModels([FakeModel("tiny", 1.0)]), augment=Augmentations(),
+                   writer=RecordWriter(root=tmp_path, dataset="d", split="val"))
+    record, _ = ex.process(sample)
+    x = record["fields"]["tiny"]["original"]
+    assert np.isnan(x["h_augmentation"][0]) and np.isnan(x["h_theta"][0])
+    assert x["h_all"][0] == pytest.approx(h(0.2 * 0.8 + 0.14 + 0.09), abs=1e-5)
+    ex.writer.write(sample.name, record, {})
+    stored = json.loads((tmp_path / "a.json").read_text())
+    assert stored["fields"]["tiny"]["original"]["h_augmentation"] == [None]  # NaN -> null, strict JSON
+
+
+def test_image_without_instances_gets_an_empty_record(tmp_path):
+    models = FakeModels([FakeModel("tiny", 1.0)])
+    from usam.augment import Augmentations
+
+    ex = Extractor(models=models, augment=Augmentations(),
+                   writer=RecordWriter(root=tmp_path, dataset="d", split="val"))
+    record, tensors = ex.process(Sample(np.zeros((4, 4, 3), np.uint8), {}, "e.jpg", "e"))
+    assert record["instances"] == [] and tensors == {} and models[0].encoder_passes == 0
+
+
+# -- the real stage on the bundled sample, SAM 2 with random weights ----------------------------
+FAST = ["sam_model=random", "sam_model.sizes=[tiny]", "sam_model.image_size=128", "augment=none"]
+
+
+def records(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.json"))
+
+
+def test_extract_sample_end_to_end(compose_cfg, tmp_path):
+    cfg = compose_cfg("extract", FAST + ["augment=flip"])
+    summary = run(cfg)
+    out = tmp_path / "inference" / "sample" / "val"
+    assert summary["done"] == 6 and summary["failed"] == 0 and summary["instances"] == 18
+    assert summary["random_weights"] is True
+    assert summary["encoder_passes"] == 6 * 2  # images x variants, independent of instances
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["done"] == 6
+    files = records(out)
+    assert [p.relative_to(out).as_posix() for p in files][:1] == ["JPEGImages/480p/shapes-a/00000.json"]
+    rec = json.loads(files[0].read_text())
+    assert rec["random_weights"] is True and rec["variants"] == ["original", "hflip"]
+    for field in ("iou", "sam_score", "unsupervised_iou", "unsupervised_sam_score", "iou_dense_prompt",
+                  "entropy", "h_task", "h_prompt", "h_augmentation", "h_all"):
+        vals = rec["fields"]["tiny"]["original"][field]
+        assert len(vals) == 3 and all(v is not None and 0 <= v <= 1 for v in vals), field
+    assert rec["fields"]["tiny"]["hflip"]["h_theta"] == [None] * 3  # one model: no model axis
+    t = read_tensors(files[0].with_suffix(".safetensors"))
+    assert t["tiny/hflip/mask_tokens"].shape == (3, 3, 256) and np.isfinite(t["tiny/hflip/mask_tokens"]).all()
+    assert not list(out.rglob("*.tmp-*"))
+
+
+def test_record_matches_a_direct_decode(compose_cfg):
+    """The stored tokens and IoUs are the ones SAM 2 gives for the centre prompt."""
+    cfg = compose_cfg("extract", FAST)
+    run(cfg)
+    models = instantiate(cfg.sam_model)
+    reader = instantiate(cfg.dataset)
+    sample = next(iter(reader))
+    writer = instantiate(cfg.writer)
+    rec = writer.read(sample.name)
+    t = read_tensors(writer.stem(sample.name).with_suffix(".safetensors"))
+    model = models["tiny"]
+    model.set_image(sample.image)
+    pts = np.array([[i["points"][0]] for i in rec["instances"]], np.float32)
+    dec = model.decode(pts, np.ones((len(pts), 1), np.int64))
+    np.testing.assert_allclose(t["tiny/original/iou_token"], dec.iou_token.numpy(), atol=1e-4)
+    np.testing.assert_allclose(t["tiny/original/mask_tokens"], dec.mask_tokens.numpy(), atol=1e-4)
+    np.testing.assert_allclose(rec["fields"]["tiny"]["original"]["scores"], dec.scores.numpy(), atol=1e-4)
+    for k, inst in enumerate(rec["instances"]):
+        gt = sample.masks[inst["id"]]
+        for j in range(3):
+            m = dec.masks[k, j].numpy()
+            iou = (m & gt).sum() / max((m | gt).sum(), 1)
+            assert rec["fields"]["tiny"]["original"]["ious"][k][j] == pytest.approx(iou, abs=1e-6)
+
+
+def test_resume_skips_finished_images_and_redoes_unfinished(compose_cfg, tmp_path, monkeypatch):
+    cfg = compose_cfg("extract", FAST)
+    calls = {"n": 0}
+    real = Extractor.process
+
+    def crash_on_third(self, sample):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # a kill in the middle of the third image
+        return real(self, sample)
+
+    monkeypatch.setattr(Extractor, "process", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    out = tmp_path / "inference" / "sample" / "val"
+    assert len(records(out)) == 2
+    # a tensor file without its JSON is an unfinished image: it must be redone
+    done = records(out)[1]
+    done.unlink()
+    monkeypatch.setattr(Extractor, "process", real)
+    summary = run(cfg)
+    assert summary["skipped"] == 1 and summary["done"] == 5 and len(records(out)) == 6
+
+
+def test_corrupt_image_is_skipped_and_reported(compose_cfg, tmp_path):
+    from usam.datasets.sample import SAMPLE_ROOT
+
+    root = tmp_path / "sample"
+    shutil.copytree(SAMPLE_ROOT, root)
+    bad = root / "JPEGImages/480p/shapes-b/00001.jpg"
+    bad.write_bytes(b"not a jpeg")
+    summary = run(compose_cfg("extract", FAST + [f"dataset.root={root}"]))
+    assert summary["done"] == 5 and summary["failed"] == 1
+    assert summary["failures"][0]["file"].endswith("shapes-b/00001.jpg")
+
+
+def test_shards_are_disjoint_and_cover_the_split(compose_cfg, tmp_path):
+    names = []
+    for i in range(3):
+        cfg = compose_cfg("extract", FAST + [f"shard.index={i}", "shard.count=3", f"out_dir={tmp_path}/s{i}"])
+        assert run(cfg)["done"] == 2
+        names.append({p.relative_to(tmp_path / f"s{i}").as_posix() for p in records(tmp_path / f"s{i}")})
+    assert not (names[0] & names[1]) and not (names[1] & names[2]) and not (names[0] & names[2])
+    assert len(names[0] | names[1] | names[2]) == 6
+
+
+def test_refuses_to_run_without_checkpoints(compose_cfg, tmp_path):
+    cfg = compose_cfg("extract", ["sam_model=sam2.1"])
+    with pytest.raises(Exception) as err:
+        run(cfg)
+    msg = str(user_error(err.value))
+    assert str(tmp_path / "checkpoints" / "sam2.1" / "sam2.1_hiera_tiny.pt") in msg
+    assert "python -m usam.download_checkpoints sam_model=sam2.1" in msg
+    assert not (tmp_path / "inference").exists()
+
+
+def test_cli_refusal_is_one_line(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "usam.extract", f"paths.checkpoints={tmp_path}", f"paths.log_dir={tmp_path}/o"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr and "download_checkpoints" in res.stderr
+
+
+def test_seed_flags_translate_to_overrides(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import augment_dataset as seed
+    finally:
+        sys.path.pop(0)
+    ckpt = tmp_path / "checkpoints_2.0"
+    ckpt.mkdir()
+    (ckpt / "sam2_hiera_tiny.pt").touch()
+    args = seed.parse(["--dataset", "DAVIS", "--output-dir", str(tmp_path / "out"), "--split", "test-dev",
+                       "--model-root", str(ckpt), "--root", str(tmp_path / "DAVIS"), "--skip-augs",
+                       "--start", "2", "--end", "5", "--sample", "3"])
+    ovr = seed.overrides(args)
+    assert ovr == [
+        "dataset=davis", "dataset.split=test", "augment=none", f"dataset.root={tmp_path / 'DAVIS'}",
+        f"out_dir={tmp_path / 'out'}", "sam_model=sam2.0", f"sam_model.checkpoint_dir={ckpt}",
+        "dataset.sample=3", "++dataset.start=2", "++dataset.end=5",
+    ]
+    args = seed.parse(["--dataset", "SAV", "--split", "train", "--train-subsets", "sav_000", "sav_001"])
+    assert "dataset.train_subsets=[sav_000,sav_001]" in seed.overrides(args)
+    assert "augment=paper" in seed.overrides(args)
+
+
+def test_seed_script_runs_the_stage(tmp_path):
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "augment_dataset.py"), "--dataset", "sample",
+         "--output-dir", str(tmp_path / "out"), "--skip-augs", "--start", "1", "--end", "3",
+         "sam_model=random", "sam_model.sizes=[tiny]", "sam_model.image_size=128",
+         f"paths.log_dir={tmp_path / 'o'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["done"] == 2
+    assert len(records(tmp_path / "out")) == 2

@@ -1,0 +1,271 @@
+"""Stage 1: python -m usam.extract — SAM 2 tokens and ground-truth quality measures per image.
+
+For every image: sample prompts per GT instance, then for every model and image variant
+encode the image once and decode all prompts of all instances in batches. One record per
+image (safetensors tokens + JSON fields, see `RecordWriter`) mirrors the image's path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from usam import CONF_DIR
+from usam.cli import run_stage
+from usam.datasets.base import DatasetReader, Sample
+from usam.errors import SampleError
+from usam.measures import entropy, mask_iou, mixture, score_weights
+from usam.prompts import instance_rng, prompt_points
+from usam.storage import read_json, write_json, write_tensors
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = 1
+FIELDS = (
+    "iou", "sam_score", "unsupervised_iou", "unsupervised_sam_score", "iou_dense_prompt",
+    "entropy", "h_task", "h_prompt", "h_augmentation", "h_theta", "h_all",
+)
+
+
+class RecordWriter:
+    """One record per image: `<root>/<image path without suffix>.{safetensors,json}`.
+
+    The tensors are written first and the JSON last, each atomically: a JSON on disk means
+    the record is complete, which is what resume and the container stage rely on.
+    """
+
+    def __init__(self, *, root: str | Path, dataset: str, split: str):
+        self.root = Path(root)
+        self.dataset, self.split = dataset, split
+
+    def stem(self, name: str) -> Path:
+        rel = Path(name)
+        return self.root / rel.parent / (rel.stem if rel.suffix.lower() in _IMAGE_SUFFIXES else rel.name)
+
+    def done(self, name: str) -> bool:
+        stem = self.stem(name)
+        return stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file()
+
+    def write(self, name: str, record: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
+        stem = self.stem(name)
+        record = {"schema": RECORD_SCHEMA, "kind": "usam.record", "dataset": self.dataset,
+                  "split": self.split, **record}
+        write_tensors(stem.with_suffix(".safetensors"), tensors)
+        return write_json(stem.with_suffix(".json"), record)
+
+    def read(self, name: str) -> dict[str, Any]:
+        return read_json(self.stem(name).with_suffix(".json"))
+
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class Extractor:
+    """Runs SAM 2 over a dataset and writes one record per image."""
+
+    def __init__(self, *, models, augment, writer: RecordWriter, seed: int = 0,
+                 n_samples: int = 7, resume: bool = True):
+        self.models = models  # usam.sam.SamModels
+        self.augment = augment  # usam.augment.Augmentations
+        self.writer = writer
+        self.seed, self.n_samples, self.resume = seed, n_samples, resume
+
+    def run(self, reader: DatasetReader) -> dict[str, Any]:
+        if self.models.random_weights:
+            log.warning("SAM 2 has RANDOM weights: every record is marked random_weights=true "
+                        "and its numbers mean nothing")
+        done = skipped = instances = 0
+        failed: list[dict[str, str]] = []
+        start = time.perf_counter()
+        for entry in tqdm(reader.entries, desc=f"extract {reader.name}/{reader.split}", unit="img"):
+            if self.resume and self.writer.done(entry.name):
+                skipped += 1
+                continue
+            sample = reader.try_load(entry)
+            if sample is None:
+                continue  # counted in reader.stats.unreadable
+            try:
+                record, tensors = self.process(sample)
+            except SampleError as err:
+                log.warning("skipping %s: %s", err.path, err.reason)
+                failed.append({"file": err.path, "reason": err.reason})
+                continue
+            self.writer.write(sample.name, record, tensors)
+            done += 1
+            instances += len(record["instances"])
+        seconds = time.perf_counter() - start
+        failed = reader.stats.unreadable + failed
+        summary = {
+            "dataset": reader.name, "split": reader.split, "out_dir": str(self.writer.root),
+            "shard": {"index": reader.shard_index, "count": reader.shard_count},
+            "images": len(reader), "done": done, "skipped": skipped, "failed": len(failed),
+            "failures": failed, "instances": instances, "seconds": round(seconds, 3),
+            "images_per_second": round(done / seconds, 4) if seconds > 0 else None,
+            "encoder_passes": sum(m.encoder_passes for m in self.models),
+            "models": list(self.models.sizes), "variants": list(self.augment.names),
+            "sam_version": self.models.version, "random_weights": self.models.random_weights,
+        }
+        log.info("extracted %d images (%d already done, %d failed), %d instances in %.1f s",
+                 done, skipped, len(failed), instances, seconds)
+        for f in failed:
+            log.warning("failed: %s: %s", f["file"], f["reason"])
+        return summary
+
+    # -- one image -----------------------------------------------------------------------------
+    def process(self, sample: Sample) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """All records fields and tokens of one image."""
+        ids = sorted(i for i, m in sample.masks.items() if m.any())
+        h, w = sample.image.shape[:2]
+        points = np.stack([
+            prompt_points(sample.masks[i], instance_rng(self.seed, sample.name, i), self.n_samples)
+            for i in ids
+        ]) if ids else np.zeros((0, 1 + self.n_samples, 2), np.float32)
+        record: dict[str, Any] = {
+            "name": sample.name, "group": sample.group, "width": w, "height": h,
+            "sam_version": self.models.version, "random_weights": self.models.random_weights,
+            "models": list(self.models.sizes), "variants": list(self.augment.names),
+            "instances": [
+                {"id": i, "gt_area": int(sample.masks[i].sum()), "points": points[k].tolist()}
+                for k, i in enumerate(ids)
+            ],
+            "fields": {},
+        }
+        if not ids:
+            return record, {}
+        stats = ImageStats(len(self.models.sizes), len(self.augment.names))
+        tensors: dict[str, np.ndarray] = {}
+        for mi, model in enumerate(self.models):
+            gt = torch.as_tensor(np.stack([sample.masks[i] for i in ids]), device=model.device)
+            record["fields"][model.size] = {}
+            for vi, (variant, apply) in enumerate(self.augment):
+                image_v, points_v, unmap = apply(sample.image, points, key=sample.name)
+                model.set_image(image_v)
+                out = self.decode_instance_prompts(model, points_v, gt, unmap)
+                fields = stats.add(mi, vi, out)
+                record["fields"][model.size][variant] = fields
+                tensors[f"{model.size}/{variant}/iou_token"] = out["iou_token"]
+                tensors[f"{model.size}/{variant}/mask_tokens"] = out["mask_tokens"]
+        stats.finish(record["fields"], self.models.sizes, self.augment.names)
+        return record, tensors
+
+    def decode_instance_prompts(self, model, points: np.ndarray, gt: torch.Tensor, unmap) -> dict:
+        """Decode the single-point and dense prompts of all instances; reduce to what we keep.
+
+        Full-resolution masks are compared with the GT chunk by chunk and dropped, so memory
+        holds only the low-resolution maps, whatever the image size.
+        """
+        n_inst, n_pts = points.shape[:2]
+        single = points.reshape(n_inst * n_pts, 1, 2)
+        owner = torch.arange(n_inst, device=gt.device).repeat_interleave(n_pts)
+        s = self._decode(model, single, owner, gt, unmap)
+        d = self._decode(model, points, torch.arange(n_inst, device=gt.device), gt, unmap)
+        return {
+            "ious": s["ious"].view(n_inst, n_pts, 3),
+            "scores": s["scores"].view(n_inst, n_pts, 3),
+            "probs": s["probs"].view(n_inst, n_pts, 3, *s["probs"].shape[-2:]),
+            "iou_token": s["iou_token"].view(n_inst, n_pts, -1)[:, 0].cpu().numpy(),
+            "mask_tokens": s["mask_tokens"].view(n_inst, n_pts, 3, -1)[:, 0].cpu().numpy(),
+            "dense_ious": d["ious"],
+        }
+
+    @staticmethod
+    def _decode(model, points: np.ndarray, owner: torch.Tensor, gt: torch.Tensor, unmap) -> dict:
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("ious", "scores", "probs", "iou_token", "mask_tokens")}
+        labels = np.ones(points.shape[:2], np.int64)
+        for lo in range(0, len(points), model.batch_size):
+            hi = lo + model.batch_size
+            dec = model.decode(points[lo:hi], labels[lo:hi])
+            masks, probs = unmap(dec.masks), unmap(dec.low_res_probs)
+            parts["ious"].append(mask_iou(masks, gt[owner[lo:hi], None]))
+            parts["scores"].append(dec.scores)
+            parts["probs"].append(probs)
+            parts["iou_token"].append(dec.iou_token)
+            parts["mask_tokens"].append(dec.mask_tokens)
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+
+class ImageStats:
+    """Accumulates the per-(model, variant) fields and the cross-model/variant mixtures.
+
+    Mixtures over variants (h_augmentation) and models (h_theta) keep running sums of the
+    best centre-prompt maps instead of every map, and h_all a running weighted sum.
+    """
+
+    def __init__(self, n_models: int, n_variants: int):
+        self.n_models, self.n_variants = n_models, n_variants
+        self.sum_over_variants: dict[int, torch.Tensor] = {}  # model -> [I, h, w]
+        self.sum_over_models: dict[int, torch.Tensor] = {}  # variant -> [I, h, w]
+        self.all: torch.Tensor | None = None  # [I, h, w] weighted sum over everything
+
+    def add(self, mi: int, vi: int, out: dict) -> dict[str, Any]:
+        ious, scores, probs = out["ious"], out["scores"], out["probs"]  # [I,P,3], [I,P,3], [I,P,3,h,w]
+        n_inst = ious.shape[0]
+        rows = torch.arange(n_inst, device=ious.device)
+        best_all = ious.argmax(-1)  # [I, P]: best mask of every prompt
+        best = best_all[:, 0]
+        top = scores[:, 0].argmax(-1)
+        best_maps = probs.gather(2, best_all[..., None, None, None].expand(-1, -1, 1, *probs.shape[-2:]))[:, :, 0]
+        centre = best_maps[:, 0]  # [I, h, w]
+        self.sum_over_variants[mi] = self.sum_over_variants.get(mi, 0) + centre
+        self.sum_over_models[vi] = self.sum_over_models.get(vi, 0) + centre
+        # h_all: uniform over models, variants and prompts, times the normalised SAM score
+        w = score_weights(scores)  # [I, P, 3], sums to 1 per prompt
+        part = (w[..., None, None] * probs).sum((1, 2)) / (probs.shape[1] * self.n_models * self.n_variants)
+        self.all = part if self.all is None else self.all + part
+        fields = {
+            "iou": ious[rows, 0, best],
+            "sam_score": scores[rows, 0, best],
+            "unsupervised_iou": ious[rows, 0, top],
+            "unsupervised_sam_score": scores[rows, 0, top],
+            "iou_dense_prompt": out["dense_ious"].max(-1).values,
+            "entropy": entropy(centre),
+            "h_task": entropy(mixture(probs[:, 0], score_weights(scores[:, 0]))),
+            "h_prompt": entropy(best_maps.mean(1)),
+            "best": best,
+            "ious": ious[:, 0],
+            "scores": scores[:, 0],
+        }
+        return {k: v.float().cpu().numpy() if k != "best" else v.cpu().numpy() for k, v in fields.items()}
+
+    def finish(self, fields: dict, models: list[str], variants: list[str]) -> None:
+        """Fill the fields that need every model and variant; NaN where they lose their meaning."""
+        h_all = entropy(self.all).float().cpu().numpy()
+        for mi, m in enumerate(models):
+            h_aug = entropy(self.sum_over_variants[mi] / self.n_variants).float().cpu().numpy()
+            for vi, v in enumerate(variants):
+                h_theta = entropy(self.sum_over_models[vi] / self.n_models).float().cpu().numpy()
+                f = fields[m][v]
+                f["h_augmentation"] = h_aug if self.n_variants > 1 else np.full_like(h_all, np.nan)
+                f["h_theta"] = h_theta if self.n_models > 1 else np.full_like(h_all, np.nan)
+                f["h_all"] = h_all
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    reader = instantiate(cfg.dataset)
+    models = instantiate(cfg.sam_model)
+    augment = instantiate(cfg.augment)
+    writer = instantiate(cfg.writer)
+    extractor = instantiate(cfg.extractor, models=models, augment=augment, writer=writer)
+    summary = extractor.run(reader)
+    out = Path(cfg.paths.output_dir)
+    write_json(out / "summary.json", summary)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="extract")
+def main(cfg: DictConfig) -> None:
+    run_stage(run, cfg)
+
+
+if __name__ == "__main__":
+    main()
