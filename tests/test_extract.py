@@ -329,3 +329,13 @@ def test_seed_script_runs_the_stage(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().splitlines()[-1])["done"] == 2
     assert len(records(tmp_path / "out")) == 2
+
+
+def test_record_names_with_dots_keep_their_stem(tmp_path):
+    w = RecordWriter(root=tmp_path, dataset="d", split="val")
+    w.write("v/frame.001.jpg", {"instances": []}, {})
+    w.write("v/frame.002.jpg", {"instances": []}, {})
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == [
+        "frame.001.json", "frame.001.safetensors", "frame.002.json", "frame.002.safetensors"]
+    assert w.done("v/frame.001.jpg") and w.done("v/frame.002.jpg")
+    assert w.read("v/frame.002.jpg")["dataset"] == "d"

@@ -53,17 +53,22 @@ class RecordWriter:
 
     def done(self, name: str) -> bool:
         stem = self.stem(name)
-        return stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file()
+        return _suffixed(stem, ".json").is_file() and _suffixed(stem, ".safetensors").is_file()
 
     def write(self, name: str, record: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
         stem = self.stem(name)
         record = {"schema": RECORD_SCHEMA, "kind": "usam.record", "dataset": self.dataset,
                   "split": self.split, **record}
-        write_tensors(stem.with_suffix(".safetensors"), tensors)
-        return write_json(stem.with_suffix(".json"), record)
+        write_tensors(_suffixed(stem, ".safetensors"), tensors)
+        return write_json(_suffixed(stem, ".json"), record)
 
     def read(self, name: str) -> dict[str, Any]:
-        return read_json(self.stem(name).with_suffix(".json"))
+        return read_json(_suffixed(self.stem(name), ".json"))
+
+
+def _suffixed(stem: Path, suffix: str) -> Path:
+    """`frame.001` + `.json` -> `frame.001.json` (with_suffix would drop the `.001`)."""
+    return stem.with_name(stem.name + suffix)
 
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}

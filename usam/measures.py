@@ -89,8 +89,17 @@ def mask_iou(pred: ArrayLike, gt: ArrayLike) -> Tensor:
         raise ValueError(
             f"pred {tuple(pred.shape)} and gt {tuple(gt.shape)} must end in the same (H, W)"
         )
-    inter = (pred & gt).sum((-2, -1))
-    union = (pred | gt).sum((-2, -1))
+    n = pred.shape[-1] * pred.shape[-2]
+    if n <= 2**24 and (gt.ndim == 2 or (gt.ndim == pred.ndim and gt.shape[-3] == 1)):
+        # float32 counts are exact below 2**24 pixels; one matmul per mask is ~2x faster
+        # than summing the boolean intersection and union on a CPU
+        p = pred.flatten(-2).to(torch.float32)
+        g = gt.flatten(-2).to(torch.float32)
+        inter = p @ g if gt.ndim == 2 else (p @ g.transpose(-1, -2)).squeeze(-1)
+        union = p.sum(-1) + g.sum(-1) - inter
+    else:
+        inter = (pred & gt).sum((-2, -1))
+        union = (pred | gt).sum((-2, -1))
     iou = inter.double() / union.clamp_min(1).double()
     return iou.float()
 

@@ -1,0 +1,413 @@
+"""usam.predictor on the CPU: seeded random tiny SAM at image_size=128, bundles of seeded MLPs.
+
+The reference for every estimate is the bundle itself (`usam.mlp.Predictor.load`) applied to
+the tokens `usam.sam.SamModel.decode` captures for the same prompts; masks and scores are
+checked against upstream `SAM2ImagePredictor.predict` on the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+from usam.errors import UsamError
+from usam.mlp import TARGETS, Predictor, UsamMLP, save_bundle
+from usam.predictor import (
+    StackedPredictors,
+    UncertainSAM,
+    load_predictors,
+    packaged_config,
+    parse_checkpoint_name,
+)
+from usam.sam import SamModel, load_sam_model
+
+TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"
+H, W = 40, 56
+POINTS = np.array([[[15.0, 12.0]], [[30.0, 20.0]], [[50.0, 35.0]]], np.float32)
+LABELS = np.ones(POINTS.shape[:2], np.int64)
+BOXES = np.array([[5.0, 4.0, 40.0, 30.0], [20.0, 10.0, 55.0, 39.0], [0.0, 0.0, 56.0, 40.0]])
+ALL_SIZES = ["tiny", "small", "base_plus", "large"]
+
+
+def make_image(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.zeros((H, W, 3), np.uint8)
+    img[8:30, 10:40] = (200, 40, 40)
+    return np.clip(img + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
+
+
+def bundle_config(target: str, **extra) -> dict:
+    return {
+        "target": target,
+        "output_shift": TARGETS[target],
+        "sam_version": "sam2.1",
+        "models": ALL_SIZES,
+        "random_weights": True,
+        **extra,
+    }
+
+
+def write_bundles(root, targets=("iou_tiny", "task_gap", "model_gap"), hidden=(512, 512), **extra):
+    for i, t in enumerate(targets):
+        torch.manual_seed(100 + i)
+        save_bundle(root / t, UsamMLP(hidden=hidden), bundle_config(t, **extra))
+    return root
+
+
+def constant_bundle(directory, target: str, p: float, **extra) -> None:
+    """An MLP whose output is sigmoid(logit(p)) = p for every input: zero weights, last bias."""
+    model = UsamMLP(hidden=[8])
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        model.net[-2].bias.fill_(math.log(p / (1 - p)))
+    save_bundle(directory / target, model, bundle_config(target, **extra))
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    return write_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture(scope="module")
+def usam(bundles):
+    sam = load_sam_model("tiny", None, TINY, random_weights=True, image_size=128, device="cpu")
+    u = UncertainSAM(sam, load_predictors(bundles))
+    u.set_image(make_image())
+    return u
+
+
+@pytest.fixture(scope="module")
+def upstream(usam):
+    """sam2's own predictor on the same weights and image (no usam code in its path)."""
+    p = SAM2ImagePredictor(usam.sam.model)
+    p._bb_feat_sizes = usam.sam.predictor._bb_feat_sizes
+    with torch.inference_mode():
+        p.set_image(make_image())
+    return p
+
+
+def rows(iou_token: np.ndarray, mask_tokens: np.ndarray) -> torch.Tensor:
+    """[B, 256], [B, 3, 256] -> [B * 3, 2, 256]: (iou token, token of mask j) per mask."""
+    iou = np.broadcast_to(iou_token[:, None], mask_tokens.shape)
+    return torch.from_numpy(np.stack([iou, mask_tokens], axis=2).reshape(-1, 2, 256).copy())
+
+
+class Counter:
+    """Counts forward calls of a module (test-only hook)."""
+
+    def __init__(self, module):
+        self.n = 0
+        self.handle = module.register_forward_hook(lambda *a: setattr(self, "n", self.n + 1))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+# --------------------------------------------------------------------------- the estimates
+
+
+def test_estimates_equal_bundles_on_tokens_of_the_same_pass(usam, bundles):
+    out = usam.predict(POINTS, LABELS, return_tokens=True)
+    ref = usam.sam.decode(POINTS, LABELS)  # usam.sam's own token capture, a separate pass
+    np.testing.assert_array_equal(out.masks, ref.masks.numpy())
+    np.testing.assert_allclose(out.scores, ref.scores.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out.iou_token, ref.iou_token.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out.mask_tokens, ref.mask_tokens.numpy(), rtol=0, atol=1e-6)
+    x = rows(ref.iou_token.numpy(), ref.mask_tokens.numpy())
+    assert list(out.estimates) == ["iou_tiny", "model_gap", "task_gap"]  # the paper's order
+    for target in out.estimates:
+        want = Predictor.load(bundles / target)(x).view(len(POINTS), 3).numpy()
+        assert out.estimates[target].shape == (3, 3) and out.estimates[target].dtype == np.float32
+        np.testing.assert_allclose(out.estimates[target], want, rtol=0, atol=1e-6)
+    # and per mask, not one value broadcast: the three masks' tokens differ
+    assert not np.allclose(out.estimates["iou_tiny"][:, 0], out.estimates["iou_tiny"][:, 1])
+
+
+def test_estimates_use_the_tokens_returned_with_them(usam, bundles):
+    """Against the tokens of this very call: MLP(iou_token, mask_token j) is estimate j."""
+    out = usam.predict(POINTS[1], LABELS[1], return_tokens=True)
+    x = rows(out.iou_token[None], out.mask_tokens[None])
+    for target, values in out.estimates.items():
+        want = Predictor.load(bundles / target)(x).numpy()
+        np.testing.assert_allclose(values, want, rtol=0, atol=1e-6)
+
+
+def test_gap_outputs_are_shifted_back_by_half(tmp_path):
+    """Constant MLPs (zero weights): IoU targets give p, gap targets p - 0.5, by hand."""
+    constant_bundle(tmp_path, "iou_large", 0.75)
+    constant_bundle(tmp_path, "prompt_gap", 0.75)
+    constant_bundle(tmp_path, "task_gap", 0.5)
+    heads = StackedPredictors(load_predictors(tmp_path))
+    got = heads(torch.randn(6, 512))
+    assert heads.stacked and heads.targets == ["iou_large", "task_gap", "prompt_gap"]
+    np.testing.assert_allclose(got.numpy(), [[0.75] * 6, [0.0] * 6, [0.25] * 6], atol=1e-7)
+
+
+def test_stacked_heads_equal_each_bundle_and_mixed_architectures_loop(tmp_path):
+    write_bundles(tmp_path / "same", targets=list(TARGETS))
+    write_bundles(tmp_path / "mixed", targets=["iou_tiny"], hidden=(512, 512))
+    write_bundles(tmp_path / "mixed", targets=["task_gap"], hidden=(64,))
+    x = torch.randn(12, 512)
+    for name, stacked in [("same", True), ("mixed", False)]:
+        preds = load_predictors(tmp_path / name)
+        heads = StackedPredictors(preds)
+        assert heads.stacked is stacked
+        want = torch.stack([p(x) for p in preds.values()])
+        torch.testing.assert_close(heads(x), want, rtol=0, atol=1e-6)
+
+
+def test_one_decoder_pass_per_call_and_no_encoder_pass(usam):
+    model = usam.sam.model
+    with Counter(model.sam_mask_decoder) as dec, Counter(model.image_encoder) as enc:
+        usam.predict(POINTS, LABELS)
+        assert (dec.n, enc.n) == (1, 0)
+        usam.predict(box=BOXES[0])
+        assert (dec.n, enc.n) == (2, 0)
+    old = usam.sam.batch_size
+    usam.sam.batch_size = 2  # 3 prompts -> 2 decoder calls, results unchanged
+    try:
+        with Counter(model.sam_mask_decoder) as dec:
+            chunked = usam.predict(POINTS, LABELS)
+        assert dec.n == 2
+    finally:
+        usam.sam.batch_size = old
+    whole = usam.predict(POINTS, LABELS)
+    np.testing.assert_array_equal(chunked.masks, whole.masks)
+    for t in whole.estimates:
+        np.testing.assert_allclose(chunked.estimates[t], whole.estimates[t], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- SAM 2's prompts
+
+
+def test_single_point_prompt_matches_sam2_and_is_unbatched(usam, upstream):
+    out = usam.predict(POINTS[0], LABELS[0])
+    with torch.inference_mode():
+        masks, scores, low_res = upstream.predict(POINTS[0], LABELS[0], multimask_output=True)
+    assert out.masks.shape == (3, H, W) and out.masks.dtype == bool
+    assert out.scores.shape == (3,) and out.low_res_logits.shape == (3, 32, 32)
+    assert all(v.shape == (3,) for v in out.estimates.values())
+    assert out.iou_token is None and out.mask_tokens is None  # only on request
+    np.testing.assert_array_equal(out.masks, masks.astype(bool))
+    np.testing.assert_allclose(out.scores, scores, atol=1e-6)
+    np.testing.assert_allclose(out.low_res_logits, low_res, atol=1e-5)
+    assert out.best == int(np.argmax(scores)) and isinstance(out.best, int)
+
+
+def test_batch_of_one_stays_batched_and_equals_the_single_prompt(usam):
+    single = usam.predict(POINTS[0], LABELS[0])
+    batch = usam.predict(POINTS[:1], LABELS[:1])
+    assert batch.masks.shape == (1, 3, H, W) and batch.scores.shape == (1, 3)
+    assert batch.best.shape == (1,)
+    np.testing.assert_array_equal(batch.masks[0], single.masks)
+    for t in single.estimates:
+        assert batch.estimates[t].shape == (1, 3)
+        np.testing.assert_allclose(batch.estimates[t][0], single.estimates[t], atol=1e-6)
+
+
+def test_labels_default_to_foreground(usam):
+    a = usam.predict(POINTS)
+    b = usam.predict(POINTS, LABELS)
+    np.testing.assert_array_equal(a.masks, b.masks)
+
+
+def test_box_prompts_match_sam2_and_estimates_match_bundles(usam, upstream, bundles):
+    out = usam.predict(box=BOXES, return_tokens=True)
+    with torch.inference_mode():
+        masks, scores, _ = upstream.predict(box=BOXES, multimask_output=True)
+    assert out.masks.shape == (3, 3, H, W)
+    np.testing.assert_array_equal(out.masks, masks.astype(bool))
+    np.testing.assert_allclose(out.scores, scores, atol=1e-6)
+    x = rows(out.iou_token, out.mask_tokens)
+    for t, v in out.estimates.items():
+        np.testing.assert_allclose(v.reshape(-1), Predictor.load(bundles / t)(x), atol=1e-6)
+    # a box is not a point prompt: the answer differs from the points'
+    assert not np.allclose(out.scores, usam.predict(POINTS, LABELS).scores)
+
+
+def test_points_with_box_and_mask_input_match_sam2(usam, upstream):
+    first = usam.predict(POINTS[0], LABELS[0])
+    mask_in = first.low_res_logits[first.best][None]  # [1, h, w], SAM 2's iteration idiom
+    out = usam.predict(POINTS[0], LABELS[0], box=BOXES[0], mask_input=mask_in)
+    with torch.inference_mode():
+        masks, scores, _ = upstream.predict(
+            POINTS[0], LABELS[0], box=BOXES[0], mask_input=mask_in, multimask_output=True
+        )
+    np.testing.assert_array_equal(out.masks, masks.astype(bool))
+    np.testing.assert_allclose(out.scores, scores, atol=1e-6)
+
+
+def test_multi_point_prompt_with_background_point(usam, upstream):
+    pts = np.array([[15.0, 12.0], [45.0, 35.0]])
+    lab = np.array([1, 0])
+    out = usam.predict(pts, lab)
+    with torch.inference_mode():
+        masks, _, _ = upstream.predict(pts, lab, multimask_output=True)
+    np.testing.assert_array_equal(out.masks, masks.astype(bool))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "no prompt"),
+        ({"point_coords": [1.0, 2.0]}, "point_coords must be"),
+        ({"point_coords": [[1.0, 2.0, 3.0]]}, "point_coords must be"),
+        ({"point_coords": [[1.0, np.nan]]}, "NaN"),
+        ({"point_coords": [["a", "b"]]}, "numeric"),
+        ({"point_coords": [[1.0, 2.0]], "point_labels": [1, 1]}, "one label per point"),
+        ({"point_coords": [[1.0, 2.0]], "point_labels": [3]}, "point_labels must be"),
+        ({"point_labels": [1]}, "without point_coords"),
+        ({"box": [1.0, 2.0, 3.0]}, "box must be"),
+        ({"mask_input": np.zeros((1, 64, 64))}, "mask_input must be"),
+        ({"point_coords": POINTS, "box": BOXES[:2]}, "disagree on the batch"),
+        ({"point_coords": POINTS[0], "box": BOXES}, "disagree on the batch"),
+        ({"point_coords": POINTS[0], "multimask_output": False}, "multimask_output=True"),
+    ],
+)
+def test_bad_prompts_are_usam_errors(usam, kwargs, message):
+    with pytest.raises(UsamError, match=message):
+        usam.predict(**kwargs)
+
+
+def test_predict_before_set_image(usam):
+    # a second SamModel on the fixture's weights: its own predictor, no image set yet
+    sam = SamModel(usam.sam.model, size="tiny", version="sam2.1", random_weights=True)
+    u = UncertainSAM(sam, {})
+    with pytest.raises(UsamError, match="before set_image"):
+        u.predict(POINTS[0])
+    with pytest.raises(UsamError, match="uint8"):
+        u.set_image(np.zeros((4, 4), np.float32))
+    u.set_image(make_image())
+    out = u.predict(POINTS[0])  # no bundles: SAM alone, empty estimates
+    assert out.estimates == {} and out.masks.shape == (3, H, W)
+    sam.remove_hooks()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_parse_checkpoint_name_and_packaged_config():
+    assert parse_checkpoint_name("x/sam2.1_hiera_base_plus.pt") == ("sam2.1", "base_plus")
+    assert parse_checkpoint_name("sam2_hiera_large.pt") == ("sam2.0", "large")
+    assert parse_checkpoint_name("model.pt") == (None, None)
+    assert packaged_config("sam2.1", "tiny") == TINY
+    assert packaged_config("sam2.0", "base_plus") == "configs/sam2/sam2_hiera_b+.yaml"
+    with pytest.raises(UsamError, match="huge"):
+        packaged_config("sam2.1", "huge")
+
+
+def test_from_pretrained_loads_a_checkpoint_and_infers_size_and_version(tmp_path, usam, bundles):
+    """A checkpoint of the fixture's random weights, named like Meta's: same answers."""
+    ckpt = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": usam.sam.model.state_dict()}, ckpt)
+    loaded = UncertainSAM.from_pretrained(ckpt, bundles, image_size=128, device="cpu")
+    assert (loaded.sam.size, loaded.sam.version, loaded.sam.random_weights) == (
+        "tiny",
+        "sam2.1",
+        False,
+    )
+    loaded.set_image(make_image())
+    a, b = loaded.predict(POINTS, LABELS), usam.predict(POINTS, LABELS)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    for t in b.estimates:
+        np.testing.assert_allclose(a.estimates[t], b.estimates[t], atol=1e-6)
+
+
+def test_from_pretrained_random_weights_and_target_subset(bundles, caplog):
+    with caplog.at_level(logging.WARNING):
+        u = UncertainSAM.from_pretrained(
+            None,
+            bundles,
+            size="tiny",
+            random_weights=True,
+            image_size=128,
+            device="cpu",
+            targets=["task_gap"],
+        )
+    assert list(u.predictors) == ["task_gap"]
+    assert "RANDOM-weight SAM tokens" in caplog.text and "SAM 2 has RANDOM weights" in caplog.text
+
+
+def test_from_pretrained_bad_inputs(tmp_path, bundles):
+    with pytest.raises(UsamError, match="sam2.1_hiera_tiny.pt not found"):
+        UncertainSAM.from_pretrained(tmp_path / "sam2.1_hiera_tiny.pt", bundles)
+    (tmp_path / "weights.pt").write_bytes(b"")
+    with pytest.raises(UsamError, match="cannot tell the SAM size"):
+        UncertainSAM.from_pretrained(tmp_path / "weights.pt", bundles)
+    with pytest.raises(UsamError, match="file name says SAM size tiny but size=large"):
+        UncertainSAM.from_pretrained(tmp_path / "sam2.1_hiera_tiny.pt", bundles, size="large")
+    with pytest.raises(UsamError, match="no SAM 2 checkpoint"):
+        UncertainSAM.from_pretrained(None, bundles, size="tiny")
+    with pytest.raises(UsamError, match="nowhere.*not found"):
+        UncertainSAM.from_pretrained(None, tmp_path / "nowhere", size="tiny", random_weights=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsamError, match="holds no predictor bundle"):
+        UncertainSAM.from_pretrained(None, tmp_path / "empty", size="tiny", random_weights=True)
+    with pytest.raises(UsamError, match=r"no bundle for \['iou_large'\]"):
+        load_predictors(bundles, targets=["iou_large"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_cuda_is_a_usam_error(bundles):
+    with pytest.raises(UsamError, match="CUDA is not available"):
+        UncertainSAM.from_pretrained(None, bundles, size="tiny", random_weights=True, device="cuda")
+
+
+def test_a_single_bundle_directory_loads(bundles):
+    preds = load_predictors(bundles / "task_gap")
+    assert list(preds) == ["task_gap"] and preds["task_gap"].shift == 0.5
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"sam_version": "sam2.0"}, "trained on sam2.0 tokens but the checkpoint is sam2.1"),
+        ({"models": ["large"]}, "tokens of SAM large but the checkpoint is SAM tiny"),
+        ({"filter_model": "small"}, "tokens of SAM small but the checkpoint is SAM tiny"),
+    ],
+)
+def test_bundles_of_another_sam_are_refused(tmp_path, usam, extra, message):
+    write_bundles(tmp_path, targets=["iou_tiny"], **extra)
+    with pytest.raises(UsamError, match=message):
+        UncertainSAM(usam.sam, load_predictors(tmp_path))
+
+
+def test_bundles_that_fit_are_accepted(tmp_path, usam):
+    write_bundles(tmp_path / "a", targets=["iou_tiny"], sam_version="sam2.0+sam2.1")
+    write_bundles(tmp_path / "b", targets=["iou_tiny"], filter_model="tiny", models=["tiny"])
+    write_bundles(tmp_path / "c", targets=["iou_tiny"], sam_version=None, models=None)
+    for d in "abc":
+        UncertainSAM(usam.sam, load_predictors(tmp_path / d))
+
+
+def test_duplicate_targets_are_refused(tmp_path):
+    torch.manual_seed(0)
+    save_bundle(tmp_path / "one", UsamMLP(hidden=[8]), bundle_config("task_gap"))
+    save_bundle(tmp_path / "two", UsamMLP(hidden=[8]), bundle_config("task_gap"))
+    with pytest.raises(UsamError, match="two bundles predict 'task_gap'"):
+        load_predictors(tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_estimates_equal_bundles_on_the_same_pass(bundles):
+    u = UncertainSAM.from_pretrained(
+        None, bundles, size="tiny", random_weights=True, image_size=128, device="cuda"
+    )
+    u.set_image(make_image())
+    out = u.predict(POINTS, LABELS, return_tokens=True)
+    x = rows(out.iou_token, out.mask_tokens)
+    for t, v in out.estimates.items():
+        want = Predictor.load(bundles / t)(x).view(len(POINTS), 3).numpy()
+        np.testing.assert_allclose(v, want, atol=1e-5)

@@ -1,0 +1,578 @@
+"""Stage 4: python -m usam.evaluate — how well each UQ score finds the predictions worth refining.
+
+On the rows of a container (its group-aware validation split, or all rows of a separate
+test container) and a directory of trained USAM predictor bundles: correction curves and
+relative AUCs for the four use cases (usam.evaluation.USE_CASES) of every UQ score, and the
+Pearson correlation of every measure with the GT IoU. Writes `report.json`, CSV tables and
+PNG plots into the run folder, scalars to TensorBoard (`<run>/tb`), and prints a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from usam import CONF_DIR
+from usam.cli import run_stage
+from usam.containers import Container
+from usam.errors import UsamError
+from usam.evaluation import (
+    MEASURES,
+    PREDICTOR_DIRECTION,
+    USE_CASES,
+    compare,
+    orient,
+    pearson_matrix,
+    r_grid,
+)
+from usam.storage import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+REPORT_SCHEMA = 1
+MODEL_ORDER = ("tiny", "small", "base_plus", "large")  # smallest to largest
+SHORT = {
+    "model_selection": "model",
+    "prompt_refinement": "prompt",
+    "task_supervision": "task",
+    "segmentation": "segm",
+}
+RANDOM_WARNING = (
+    "RANDOM SAM WEIGHTS: the container or a predictor was made with untrained SAM 2 weights; "
+    "these numbers test the pipeline and mean nothing about SAM or USAM"
+)
+
+
+def open_container(path: str | Path | None) -> Container:
+    if path in (None, "", "None"):
+        raise UsamError(
+            "no container given; set container=<dir written by python -m usam.container>"
+        )
+    path = Path(str(path)).expanduser()
+    if not path.exists():
+        raise UsamError(
+            f"container {path} not found; build it with python -m usam.container (or pass container=<path>)"
+        )
+    return Container.open(path)
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    try:
+        return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+class Evaluator:
+    """Curves, relative AUCs and correlations of one container split; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        use_cases: Sequence[str] = tuple(USE_CASES),
+        augmented: bool = False,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        r_max: float = 0.5,
+        r_points: int = 51,
+        device: str = "auto",
+        batch_size: int = 8192,
+        plots: bool = True,
+        tensorboard: bool = True,
+    ):
+        unknown = [u for u in use_cases if u not in USE_CASES]
+        if unknown:
+            raise UsamError(f"unknown use case(s) {unknown}; choose from {', '.join(USE_CASES)}")
+        if not 0.0 < float(val_fraction) < 1.0:
+            raise UsamError(f"evaluator.val_fraction must be in (0, 1), got {val_fraction}")
+        try:
+            self.r = r_grid(float(r_max), int(r_points))
+        except ValueError as err:
+            raise UsamError(f"evaluator.r_max / r_points: {err}") from None
+        from usam.train import resolve_device
+
+        self.model = None if model in (None, "", "None") else str(model)
+        self.use_cases = list(use_cases)
+        self.augmented, self.val_fraction, self.seed = (
+            bool(augmented),
+            float(val_fraction),
+            int(seed),
+        )
+        self.device, self.batch_size = resolve_device(str(device)), int(batch_size)
+        self.plots, self.tensorboard = bool(plots), bool(tensorboard)
+        self.notes: list[str] = []
+        self.bundle_dirs: dict[str, Path] = {}
+
+    def note(self, message: str, level: int = logging.INFO) -> None:
+        """Something the reader of the report must know (also logged)."""
+        log.log(level, "%s", message)
+        self.notes.append(message)
+
+    # ---- inputs ----------------------------------------------------------------------------
+    def rows(self, c: Container, split: str) -> Container:
+        """The rows to evaluate: the validation split (as training held it out) or all rows."""
+        if split == "all":
+            view = c
+        elif split in ("val", "train"):
+            train, val = c.split(val_fraction=self.val_fraction, seed=self.seed)
+            view = val if split == "val" else train
+        else:
+            raise UsamError(f"split={split!r}; use val (the container's validation split) or all")
+        if not self.augmented:
+            view = view.filter(augmented=False)
+        if len(view) == 0:
+            raise UsamError(f"{c.path}: no rows in split={split} (augmented={self.augmented})")
+        return view
+
+    def pick_model(self, c: Container) -> str:
+        models = list(c.meta["models"])
+        if self.model is not None:
+            if self.model not in models:
+                raise UsamError(
+                    f"{c.path}: evaluator.model={self.model!r} but the container holds {models}"
+                )
+            return self.model
+        known = [m for m in MODEL_ORDER if m in models]
+        return known[-1] if known else models[-1]
+
+    def load_predictors(self, directory: Any, container: Container, split: str) -> dict[str, Any]:
+        """target -> Predictor for every bundle under `directory` (`<dir>/<target>/` or one bundle)."""
+        from usam.mlp import TARGETS, Predictor
+
+        if directory in (None, "", "None"):
+            self.note("predictors=null: USAM predictors are not evaluated, only the other measures")
+            return {}
+        directory = Path(str(directory)).expanduser()
+        if not directory.is_dir():
+            raise UsamError(
+                f"predictors={directory} is not a directory; point it at the out_dir of python -m usam.train "
+                f"(it holds <target>/model.safetensors + config.json), or set predictors=null"
+            )
+        found: dict[str, Any] = {}
+        if (directory / "config.json").is_file():  # a single bundle
+            p = Predictor.load(directory, self.device)
+            found[p.target] = (p, directory)
+        for target in TARGETS:
+            if (directory / target / "config.json").is_file():
+                found[target] = (
+                    Predictor.load(directory / target, self.device),
+                    directory / target,
+                )
+        if not found:
+            raise UsamError(
+                f"no predictor bundles in {directory} (expected <target>/config.json for targets "
+                f"{', '.join(TARGETS)}); train them with python -m usam.train predictor=<target>"
+            )
+        out = {}
+        for target, (p, where) in found.items():
+            if target not in PREDICTOR_DIRECTION:
+                self.note(
+                    f"{where}: target {target!r} has no known direction; left out", logging.WARNING
+                )
+                continue
+            width = 2 * int(container.meta["token_dim"])
+            if p.model.in_features != width:
+                raise UsamError(
+                    f"{where}: the predictor takes {p.model.in_features} inputs but the container's "
+                    f"tokens give {width}; retrain it on this kind of container"
+                )
+            self._check_leak(p.config, target, container, split)
+            out[target] = p
+            self.bundle_dirs[target] = where
+        log.info("predictors from %s: %s", directory, ", ".join(out))
+        return out
+
+    def _check_leak(
+        self, config: dict[str, Any], target: str, container: Container, split: str
+    ) -> None:
+        """Warn when a predictor was trained on the rows it is now evaluated on."""
+        trained_on = config.get("trained_on", "train+val")
+        same_train = _same_path(config.get("container"), container.path)
+        if config.get("val_container"):  # trained on all of `container`, validated on val_container
+            same_val = _same_path(config["val_container"], container.path)
+            in_sample = same_train or (same_val and trained_on != "train")
+        else:  # trained on the train split of `container`, or on all of it when refit
+            in_sample = same_train and (split in ("all", "train") or trained_on != "train")
+        if in_sample:
+            self.note(
+                f"predictor {target} was trained on rows of this container ({trained_on}) that are "
+                f"evaluated here (split={split}): its numbers are in-sample and optimistic. Evaluate "
+                f"a separate test container (split=all) or train with trainer.refit_all=false",
+                logging.WARNING,
+            )
+        elif same_train and config.get("seed") is not None and int(config["seed"]) != self.seed:
+            self.note(
+                f"predictor {target} held out the split of seed {config['seed']}, this run uses "
+                f"evaluator.seed={self.seed}: set evaluator.seed={config['seed']}",
+                logging.WARNING,
+            )
+
+    def predict(self, predictors: dict[str, Any], view: Container) -> dict[str, np.ndarray]:
+        """Each predictor's value for every row of `view`, in the target's units."""
+        out = {t: np.empty(len(view)) for t in predictors}
+        for start in range(0, len(view), self.batch_size):
+            tokens = torch.from_numpy(
+                view.read_tokens(np.arange(start, min(start + self.batch_size, len(view))))
+            )
+            for t, p in predictors.items():
+                out[t][start : start + len(tokens)] = p(tokens).double().cpu().numpy()
+        return out
+
+    # ---- the numbers -----------------------------------------------------------------------
+    def use_case(
+        self, name: str, view: Container, preds: dict[str, np.ndarray], model: str
+    ) -> dict[str, Any]:
+        """Curves and relative AUCs of one use case, or {"skipped": why}."""
+        case = USE_CASES[name]
+        models = list(view.meta["models"])
+        missing = [m for m in case.needs_models if m not in models]
+        if missing:
+            why = f"needs models {list(case.needs_models)}, the container holds {models}"
+            self.note(f"{name} skipped: {why}", logging.WARNING)
+            return {"skipped": why}
+        rows_model = case.rows_model or model
+        cheap_col, refined_col, sam_col, targets = case.columns(model)
+        pos = model_positions(view, rows_model)
+        sub = view.subset(pos)
+        cheap = sub[cheap_col]
+        refined = np.ones(len(sub)) if refined_col is None else sub[refined_col]
+        raw: dict[str, tuple[np.ndarray, str]] = {
+            "sam_score": (sub[sam_col], MEASURES["sam_score"])
+        }
+        raw |= {m: (sub[m], d) for m, d in MEASURES.items() if m != "sam_score"}
+        for t in targets:
+            if t in preds:
+                raw[f"usam_{t}"] = (preds[t][pos], PREDICTOR_DIRECTION[t])
+            elif preds:
+                self.note(f"{name}: no {t} predictor bundle, usam_{t} left out")
+        dropped: dict[str, int] = {}
+        keep = np.ones(len(sub), dtype=bool)
+        for col, values in ((cheap_col, cheap), (refined_col or "1", refined)):
+            bad = keep & ~np.isfinite(values)
+            if bad.any():
+                dropped[col] = int(bad.sum())
+            keep &= ~bad
+        left_out: dict[str, str] = {}
+        for m in list(raw):
+            if not np.isfinite(raw[m][0][keep]).any():
+                left_out[m] = "NaN on every row (not measured for this container)"
+                del raw[m]
+        for m, (values, _) in raw.items():
+            bad = keep & ~np.isfinite(values)
+            if bad.any():
+                dropped[m] = int(bad.sum())
+            keep &= ~bad
+        if left_out:
+            self.note(f"{name}: left out {', '.join(left_out)} (NaN on every row)")
+        if dropped:
+            self.note(f"{name}: dropped rows with NaN: {dropped}", logging.WARNING)
+        n = int(keep.sum())
+        if n == 0:
+            why = f"no {rows_model} rows with finite {cheap_col} / {refined_col or '1'} and scores"
+            self.note(f"{name} skipped: {why}", logging.WARNING)
+            return {"skipped": why, "rows_dropped_nan": dropped}
+        cheap, refined = cheap[keep], refined[keep]
+        scores = {m: orient(v[keep], d) for m, (v, d) in raw.items()}
+        curves, aucs = compare(cheap, refined, scores, self.r)
+        if not np.isfinite(aucs["oracle"]):
+            self.note(
+                f"{name}: no sample gains from refinement, relative AUCs are undefined",
+                logging.WARNING,
+            )
+        return {
+            "label": case.label,
+            "rows_model": rows_model,
+            "cheap": cheap_col,
+            "refined": refined_col or "1",
+            "sam_score": sam_col,
+            "rows": n,
+            "rows_dropped_nan": dropped,
+            "left_out": left_out,
+            "directions": {m: d for m, (_, d) in raw.items()},
+            "mean_cheap": float(cheap.mean()),
+            "mean_refined": float(refined.mean()),
+            "share_improved": float((refined > cheap).mean()),
+            "r": self.r.tolist(),
+            "curves": {k: v.tolist() for k, v in curves.items()},
+            "relative_auc": aucs,
+        }
+
+    def correlations(
+        self, view: Container, preds: dict[str, np.ndarray], model: str
+    ) -> dict[str, Any]:
+        """Pearson r of GT IoU, the stage-1 measures and every USAM prediction, on `model`'s rows."""
+        pos = model_positions(view, model)
+        sub = view.subset(pos)
+        cols = {"iou": sub["iou"]} | {m: sub[m] for m in MEASURES}
+        cols |= {f"usam_{t}": v[pos] for t, v in preds.items()}
+        cols = {k: v for k, v in cols.items() if np.isfinite(v).any()}
+        matrix = pearson_matrix(cols)
+        names = list(cols)
+        return {
+            "model": model,
+            "rows": len(sub),
+            "names": names,
+            "matrix": matrix.tolist(),
+            "with_iou": {k: float(matrix[0, i]) for i, k in enumerate(names) if k != "iou"},
+        }
+
+    # ---- the stage -------------------------------------------------------------------------
+    def run(
+        self, *, container: Any, predictors: Any, split: str, run_dir: str | Path
+    ) -> dict[str, Any]:
+        start = time.time()
+        self.notes, self.bundle_dirs = [], {}
+        run_dir = Path(run_dir)
+        c = open_container(container)
+        view = self.rows(c, str(split))
+        model = self.pick_model(c)
+        bundles = self.load_predictors(predictors, c, str(split))
+        random_weights = c.random_weights or any(
+            p.config.get("random_weights", False) for p in bundles.values()
+        )
+        if random_weights:
+            self.note(RANDOM_WARNING, logging.WARNING)
+        preds = self.predict(bundles, view) if bundles else {}
+        log.info("evaluating %d rows of %s (split=%s, model=%s)", len(view), c.path, split, model)
+        cases = {name: self.use_case(name, view, preds, model) for name in self.use_cases}
+        corr = self.correlations(view, preds, model)
+        report = {
+            "schema": REPORT_SCHEMA,
+            "kind": "usam.evaluation",
+            "random_weights": random_weights,
+            "warning": RANDOM_WARNING if random_weights else None,
+            "container": str(c.path),
+            "datasets": c.meta.get("datasets"),
+            "sam_versions": c.meta.get("sam_versions"),
+            "split": str(split),
+            "val_fraction": self.val_fraction if split != "all" else None,
+            "seed": self.seed,
+            "augmented": self.augmented,
+            "model": model,
+            "rows": len(view),
+            "predictors": {
+                t: {
+                    "bundle": str(self.bundle_dirs[t]),
+                    "random_weights": bool(p.config.get("random_weights", False)),
+                    "trained_on": p.config.get("trained_on"),
+                }
+                for t, p in bundles.items()
+            },
+            "relative_auc_definition": "area between the curve and its r=0 level / the same for the oracle "
+            "(trapezoid over r); oracle = 1, random = analytic straight line",
+            "use_cases": cases,
+            "correlation": corr,
+            "notes": self.notes,
+        }
+        files = self.write(report, run_dir)
+        table = format_table(report)
+        print(table, flush=True)
+        summary = {
+            "container": str(c.path),
+            "split": str(split),
+            "model": model,
+            "rows": len(view),
+            "random_weights": random_weights,
+            "relative_auc": {k: v["relative_auc"] for k, v in cases.items() if "relative_auc" in v},
+            "pearson_iou": corr["with_iou"],
+            "report": str(files["report"]),
+            "seconds": round(time.time() - start, 3),
+        }
+        write_json(run_dir / "summary.json", summary)
+        return summary
+
+    def write(self, report: dict[str, Any], run_dir: Path) -> dict[str, Path]:
+        """report.json, CSVs, PNGs and TensorBoard scalars; every file written atomically."""
+        files = {"report": write_json(run_dir / "report.json", report)}
+        cases = {k: v for k, v in report["use_cases"].items() if "curves" in v}
+        for name, case in cases.items():
+            names = list(case["curves"])
+            rows = [[r, *(case["curves"][m][i] for m in names)] for i, r in enumerate(case["r"])]
+            files[f"curves_{name}"] = write_csv(run_dir / f"curves_{name}.csv", ["r", *names], rows)
+        measures = list(dict.fromkeys(m for case in cases.values() for m in case["relative_auc"]))
+        files["relative_auc"] = write_csv(
+            run_dir / "relative_auc.csv",
+            ["measure", *cases],
+            [
+                [m, *(cases[c]["relative_auc"].get(m, float("nan")) for c in cases)]
+                for m in measures
+            ],
+        )
+        corr = report["correlation"]
+        files["correlation"] = write_csv(
+            run_dir / "correlation.csv",
+            ["measure", *corr["names"]],
+            [[n, *row] for n, row in zip(corr["names"], corr["matrix"], strict=True)],
+        )
+        if self.plots:
+            title = " [RANDOM SAM WEIGHTS]" if report["random_weights"] else ""
+            for name, case in cases.items():
+                files[f"plot_{name}"] = plot_curves(run_dir / f"curves_{name}.png", case, title)
+            if len(corr["names"]) > 1:
+                files["plot_correlation"] = plot_correlation(
+                    run_dir / "correlation.png", corr, title
+                )
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+            try:
+                for name, case in cases.items():
+                    for m, v in case["relative_auc"].items():
+                        writer.add_scalar(f"relative_auc/{name}/{m}", v, 0)
+                    for m, curve in case["curves"].items():
+                        for r, y in zip(case["r"], curve, strict=True):
+                            writer.add_scalar(
+                                f"curve/{name}/{m}", y, round(r * 1000)
+                            )  # step = r in per mille
+                for m, v in corr["with_iou"].items():
+                    writer.add_scalar(f"pearson_iou/{m}", v, 0)
+            finally:
+                writer.close()
+        log.info("report written to %s", files["report"])
+        return files
+
+
+def model_positions(view: Container, model: str) -> np.ndarray:
+    """Positions in `view` of the rows of one SAM model."""
+    return np.flatnonzero(view.code("model") == view.table("model").index(model))
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    def fmt(v: Any) -> str:
+        return f"{v:.10g}" if isinstance(v, float) else str(v)
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows([[fmt(v) for v in row] for row in rows])
+    return path
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_curves(path: Path, case: dict[str, Any], title: str = "") -> Path:
+    """Mean IoU over r for oracle, random and every score; legend = relative AUC."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+
+    fig = Figure(figsize=(7, 5))
+    ax = fig.add_subplot()
+    r = np.asarray(case["r"])
+    for m, y in case["curves"].items():
+        style = {
+            "oracle": dict(color="black", ls="--", lw=2),
+            "random": dict(color="gray", ls=":", lw=2),
+        }.get(m, dict(lw=2.2 if m.startswith("usam_") else 1.2))
+        ax.plot(r, y, label=f"{m} ({100 * case['relative_auc'][m]:.1f}%)", **style)
+    ax.set_xlabel("fraction refined r (most uncertain first)")
+    ax.set_ylabel("mean IoU")
+    ax.set_title(f"{case['label']}, n={case['rows']}{title}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        title="relative AUC",
+        title_fontsize=8,
+    )
+    return _save(fig, path)
+
+
+def plot_correlation(path: Path, corr: dict[str, Any], title: str = "") -> Path:
+    """Heat map of the Pearson matrix, values written in the cells."""
+    from matplotlib.figure import Figure
+
+    names, m = corr["names"], np.asarray(corr["matrix"], dtype=np.float64)
+    k = len(names)
+    fig = Figure(figsize=(1.0 + 0.6 * k, 0.8 + 0.55 * k))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="coolwarm", vmin=-1, vmax=1)
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    for i in range(k):
+        for j in range(k):
+            ax.text(
+                j,
+                i,
+                "-" if not np.isfinite(m[i, j]) else f"{m[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+            )
+    fig.colorbar(im, ax=ax, shrink=0.8, label="Pearson r")
+    ax.set_title(
+        f"Pearson correlation, {corr['model']} rows (n={corr['rows']}){title}", fontsize=10
+    )
+    return _save(fig, path)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Relative AUC (%) per measure and use case, and Pearson r with the GT IoU."""
+    cases = {k: v for k, v in report["use_cases"].items() if "relative_auc" in v}
+    names = list(dict.fromkeys(m for c in cases.values() for m in c["relative_auc"]))
+    names += [m for m in report["correlation"]["with_iou"] if m not in names]
+    pearson = report["correlation"]["with_iou"]
+    heads = [SHORT.get(c, c) for c in cases] + ["r(IoU)"]
+    width = max([len(n) for n in names] + [7])
+
+    def cell(v: float | None, pct: bool) -> str:
+        if v is None or not np.isfinite(v):
+            return "-"
+        return f"{100 * v:.1f}" if pct else f"{v:+.3f}"
+
+    lines = []
+    if report["random_weights"]:
+        lines.append("!" * 12 + " " + RANDOM_WARNING + " " + "!" * 12)
+    lines.append(
+        f"USAM evaluation: {report['container']} (split={report['split']}, model={report['model']}, "
+        f"{report['rows']} rows of all models); relative AUC in %, Pearson r with the GT IoU"
+    )
+    lines.append(f"{'measure':<{width}}  " + "  ".join(f"{h:>7}" for h in heads))
+    for n in names:
+        row = [cell(cases[c]["relative_auc"].get(n), True) for c in cases] + [
+            cell(pearson.get(n), False)
+        ]
+        lines.append(f"{n:<{width}}  " + "  ".join(f"{v:>7}" for v in row))
+    lines.append("rows: " + ", ".join(f"{SHORT.get(c, c)}={v['rows']}" for c, v in cases.items()))
+    left_out = sorted({m for v in cases.values() for m in v["left_out"]})
+    if left_out:
+        lines.append(f"left out (NaN on every row): {', '.join(left_out)}")
+    for c, v in report["use_cases"].items():
+        if "skipped" in v:
+            lines.append(f"{c}: skipped ({v['skipped']})")
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    evaluator = instantiate(cfg.evaluator)
+    out = Path(cfg.paths.output_dir)
+    summary = evaluator.run(
+        container=cfg.container, predictors=cfg.predictors, split=cfg.split, run_dir=out
+    )
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    run_stage(run, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Hyperparameter search for one predictor: the `hpo` config group.
+
+A runner gets an objective (hyperparameters -> validation loss on the group-aware split)
+and the configured hyperparameters, and returns the ones to train the final model with,
+plus a small report. `NoHPO` returns them unchanged; `SmacHPO` runs SMAC 2 over the
+paper's search space, either as Bayesian optimisation or as Hyperband over epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from usam.errors import UsamError
+
+log = logging.getLogger(__name__)
+
+Objective = Callable[[dict[str, Any]], float]
+
+
+class NoHPO:
+    """Train with the configured hyperparameters."""
+
+    def search(self, objective: Objective, hp: dict[str, Any], *, out_dir: Path, name: str,
+               writer=None, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+        return hp, {"method": "none"}
+
+
+class _Target:
+    """SMAC's target function: a SMAC configuration -> validation loss. Picklable for Dask."""
+
+    def __init__(self, objective: Objective, base: dict[str, Any], threads: int | None):
+        self.objective, self.base, self.threads = objective, base, threads
+
+    def hp(self, config, budget: float | None = None) -> dict[str, Any]:
+        hp = {**self.base, **dict(config)}
+        if budget is not None:
+            hp["epochs"] = int(round(budget))
+        return hp
+
+    def _limit_threads(self) -> None:
+        if self.threads:  # Dask workers share the cores; torch would otherwise take them all in each
+            import torch
+
+            torch.set_num_threads(self.threads)
+
+    def train(self, config, seed: int = 0) -> float:
+        self._limit_threads()
+        return float(self.objective(self.hp(config)))
+
+    def train_budget(self, config, seed: int = 0, budget: float = 5.0) -> float:
+        self._limit_threads()
+        return float(self.objective(self.hp(config, budget)))
+
+
+class SmacHPO:
+    """SMAC 2 over lr [1e-4, 0.1] (log), epochs [5, 80], batch size [16, 256] (log), momentum [0.1, 0.9].
+
+    `multi_fidelity=True` drops epochs from the space and runs Hyperband with epochs as the
+    budget (min_budget..max_budget); the incumbent is then trained for max_budget epochs.
+    `n_workers > 1` runs trials in parallel on a local Dask cluster.
+    SMAC's own files go to `<out_dir>/<name>/<seed>/` inside the run folder.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_trials: int = 100,
+        multi_fidelity: bool = False,
+        min_budget: float = 5,
+        max_budget: float = 35,
+        eta: int = 3,
+        n_workers: int = 1,
+        lr: tuple[float, float] = (1e-4, 0.1),
+        epochs: tuple[int, int] = (5, 80),
+        batch_size: tuple[int, int] = (16, 256),
+        momentum: tuple[float, float] = (0.1, 0.9),
+        walltime_limit: float | None = None,
+        progress: bool = True,
+    ):
+        if int(n_trials) < 1:
+            raise UsamError(f"hpo.n_trials must be >= 1, got {n_trials}")
+        if int(n_workers) < 1:
+            raise UsamError(f"hpo.n_workers must be >= 1, got {n_workers}")
+        if multi_fidelity and not 1 <= float(min_budget) <= float(max_budget):
+            raise UsamError(f"need 1 <= hpo.min_budget <= hpo.max_budget, got {min_budget}, {max_budget}")
+        self.n_trials, self.multi_fidelity = int(n_trials), bool(multi_fidelity)
+        self.min_budget, self.max_budget, self.eta = float(min_budget), float(max_budget), int(eta)
+        self.n_workers = int(n_workers)
+        self.ranges = {"lr": tuple(lr), "epochs": tuple(epochs), "batch_size": tuple(batch_size),
+                       "momentum": tuple(momentum)}
+        self.walltime_limit = walltime_limit
+        self.progress = progress
+
+    def space(self, seed: int = 0):
+        from ConfigSpace import ConfigurationSpace, Float, Integer
+
+        r = self.ranges
+        hps = [
+            Float("lr", r["lr"], log=True),
+            Integer("batch_size", r["batch_size"], log=True),
+            Float("momentum", r["momentum"]),
+        ]
+        if not self.multi_fidelity:  # with Hyperband the budget decides the epochs
+            hps.append(Integer("epochs", r["epochs"]))
+        cs = ConfigurationSpace(seed=seed)
+        cs.add(hps)
+        return cs
+
+    def search(self, objective: Objective, hp: dict[str, Any], *, out_dir: Path, name: str,
+               writer=None, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+        from smac import HyperparameterOptimizationFacade, MultiFidelityFacade, Scenario
+        from smac.callback import Callback
+
+        out_dir = Path(out_dir)
+        scenario = Scenario(
+            self.space(seed),
+            name=name,
+            output_directory=out_dir,
+            deterministic=True,  # the objective is seeded: one evaluation per configuration
+            n_trials=self.n_trials,
+            seed=seed,
+            walltime_limit=float("inf") if self.walltime_limit is None else float(self.walltime_limit),
+            **({"min_budget": self.min_budget, "max_budget": self.max_budget} if self.multi_fidelity else {}),
+        )
+        threads = max(1, (os.cpu_count() or 1) // self.n_workers) if self.n_workers > 1 else None
+        target = _Target(objective, hp, threads)
+        bar = tqdm(total=self.n_trials, desc=f"{name} SMAC trials", unit="trial", disable=not self.progress)
+        trials: list[float] = []
+
+        class Report(Callback):
+            def on_tell_end(self, smbo, info, value):
+                trials.append(float(value.cost))
+                if writer is not None:
+                    writer.add_scalar("hpo/trial_loss", float(value.cost), len(trials) - 1)
+                    if info.budget is not None:
+                        writer.add_scalar("hpo/trial_epochs", float(info.budget), len(trials) - 1)
+                bar.update(1)
+                bar.set_postfix(best=f"{min(trials):.4f}")
+                return None
+
+        logging.getLogger("smac").setLevel(logging.WARNING)
+        client = self._dask_client(out_dir) if self.n_workers > 1 else None
+        try:
+            common = dict(logging_level=False, callbacks=[Report()], overwrite=True)
+            fn = target.train_budget if self.multi_fidelity else target.train
+            if client is not None:
+                fn = _dask_runner(scenario, fn, client, ["seed", "budget"] if self.multi_fidelity else ["seed"])
+            if self.multi_fidelity:
+                smac = MultiFidelityFacade(
+                    scenario, fn, intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=self.eta), **common,
+                )
+            else:
+                smac = HyperparameterOptimizationFacade(scenario, fn, **common)
+            incumbent = smac.optimize()
+            best_loss = float(smac.runhistory.get_cost(incumbent))
+        finally:
+            bar.close()
+            if client is not None:
+                client.close()
+        if isinstance(incumbent, list):  # only multi-objective runs return several
+            incumbent = incumbent[0]
+        best = target.hp(incumbent, self.max_budget if self.multi_fidelity else None)
+        log.info("%s: SMAC incumbent %s (validation loss %.5f after %d trials)",
+                 name, dict(incumbent), best_loss, len(trials))
+        if writer is not None:
+            writer.add_scalar("hpo/best_loss", best_loss, 0)
+        info = {
+            "method": "smac_hyperband" if self.multi_fidelity else "smac",
+            "n_trials": self.n_trials,
+            "trials_run": len(trials),
+            "best_loss": best_loss,
+            "trial_losses": trials,
+            "incumbent": {k: best[k] for k in ("batch_size", "epochs", "lr", "momentum")},
+            "output_directory": str(scenario.output_directory),
+        }
+        return best, info
+
+    def _dask_client(self, out_dir: Path):
+        from dask.distributed import Client
+
+        # a client that starts its own local cluster also shuts it down on close()
+        client = Client(n_workers=self.n_workers, threads_per_worker=1, processes=True,
+                        dashboard_address=None, local_directory=str(out_dir / "dask"))
+        # SMAC counts free workers when it submits; before they connect it sees none and stalls
+        client.wait_for_workers(self.n_workers, timeout=120)
+        return client
+
+
+def _dask_runner(scenario, fn: Callable, client, required: list[str]):
+    """SMAC's Dask runner, except that each result is told with the TrialInfo that was sent.
+
+    SMAC's own runner tells the worker's unpickled copy; with ConfigSpace 1.2 a log-scale
+    Integer (our batch_size) does not compare equal after pickling, so SMAC would file every
+    result under a new configuration, leave the sent one "running" forever and stop early.
+    """
+    from smac.runner.dask_runner import DaskParallelRunner
+    from smac.runner.target_function_runner import TargetFunctionRunner
+
+    class Runner(DaskParallelRunner):
+        def submit_trial(self, trial_info, **dask_data_to_scatter):
+            super().submit_trial(trial_info, **dask_data_to_scatter)
+            self._sent[self._pending_trials[-1].key] = trial_info
+
+        def _process_pending_trials(self) -> None:
+            for future in [f for f in self._pending_trials if f.done()]:
+                _, value = future.result()
+                self._results_queue.append((self._sent.pop(future.key), value))
+                self._pending_trials.remove(future)
+
+    runner = Runner(TargetFunctionRunner(scenario, fn, required_arguments=required), dask_client=client)
+    runner._sent = {}
+    return runner

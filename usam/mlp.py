@@ -1,0 +1,138 @@
+"""The USAM predictor: a small MLP on [iou_token, mask_token], and its bundle on disk.
+
+A bundle is a directory with `model.safetensors` (the weights) and `config.json` (what
+the weights are: architecture, target, output shift, the data and hyperparameters that
+made them, validation metrics). `Predictor.load(dir)` gives back a module whose output
+is already in the target's own units (gap outputs shifted back by -0.5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from usam.errors import UsamError
+from usam.storage import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+BUNDLE_SCHEMA = 1
+TOKEN_DIM = 256
+# target -> shift added before training so that "no gap" sits at 0.5 inside the sigmoid's range
+TARGETS: dict[str, float] = {
+    "iou_tiny": 0.0,
+    "iou_small": 0.0,
+    "iou_base_plus": 0.0,
+    "iou_large": 0.0,
+    "iou_dense_prompt": 0.0,
+    "unsupervised_iou": 0.0,
+    "model_gap": 0.5,
+    "task_gap": 0.5,
+    "prompt_gap": 0.5,
+}
+
+
+class UsamMLP(nn.Module):
+    """in_features -> hidden... -> 1, ReLU between layers, sigmoid out (the paper: 512-512-512-1)."""
+
+    def __init__(self, *, in_features: int = 2 * TOKEN_DIM, hidden: Sequence[int] = (512, 512)):
+        super().__init__()
+        self.in_features, self.hidden = int(in_features), [int(h) for h in hidden]
+        layers: list[nn.Module] = []
+        width = self.in_features
+        for h in self.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers += [nn.Linear(width, 1), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, in_features] (or [N, 2, 256] tokens) -> [N] in (0, 1)."""
+        return self.net(x.reshape(len(x), -1)).squeeze(-1)
+
+    def architecture(self) -> dict[str, Any]:
+        return {
+            "type": "mlp",
+            "in_features": self.in_features,
+            "hidden": self.hidden,
+            "activation": "relu",
+            "output": "sigmoid",
+            "inputs": ["iou_token", "mask_token"],
+        }
+
+
+def save_bundle(directory: str | Path, model: UsamMLP, config: dict[str, Any]) -> Path:
+    """Write `model.safetensors` then `config.json` (each atomically; the JSON marks it complete)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    config = {"schema": BUNDLE_SCHEMA, "kind": "usam.predictor", **config,
+              "architecture": model.architecture()}
+    write_json(directory / "config.json", config)
+    return directory
+
+
+def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> tuple[UsamMLP, dict[str, Any]]:
+    """Read a bundle written by `save_bundle`: (model in eval mode, config dict)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise UsamError(
+            f"{directory} is not a predictor bundle: it needs config.json and model.safetensors "
+            f"(written by python -m usam.train)"
+        )
+    config = read_json(config_path)
+    if config.get("kind") != "usam.predictor" or config.get("schema") != BUNDLE_SCHEMA:
+        raise UsamError(
+            f"{config_path}: not a usam predictor config of schema {BUNDLE_SCHEMA} "
+            f"(kind={config.get('kind')!r}, schema={config.get('schema')!r}); retrain with this version"
+        )
+    arch = config.get("architecture", {})
+    if arch.get("type") != "mlp":
+        raise UsamError(f"{config_path}: unknown architecture {arch.get('type')!r}")
+    model = UsamMLP(in_features=arch["in_features"], hidden=arch["hidden"])
+    try:
+        state = load_file(str(weights_path))
+        model.load_state_dict(state)
+    except Exception as err:  # safetensors header errors and shape mismatches alike
+        raise UsamError(f"{weights_path}: cannot load weights ({err}); retrain the predictor") from None
+    return model.to(device).eval(), config
+
+
+class Predictor(nn.Module):
+    """A trained MLP with its target's shift undone: tokens in, target values out."""
+
+    def __init__(self, model: UsamMLP, config: dict[str, Any]):
+        super().__init__()
+        self.model, self.config = model, config
+        self.target: str = config["target"]
+        self.shift = float(config.get("output_shift", 0.0))
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Predictor:
+        return cls(*load_bundle(directory, device))
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [N, 2, 256] or [N, 512] (IoU token, mask token) -> [N] target values."""
+        return predict(self.model, tokens, self.shift)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, tokens: torch.Tensor | np.ndarray, shift: float = 0.0) -> torch.Tensor:
+    """Model output minus the target's training shift (a gap of 0 comes out as 0, not 0.5)."""
+    p = next(model.parameters())
+    x = torch.as_tensor(tokens).to(device=p.device, dtype=p.dtype)
+    return model(x) - shift

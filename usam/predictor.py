@@ -1,0 +1,467 @@
+"""Inference: SAM 2's image predictor with trained USAM MLPs attached (SPEC "Inference").
+
+`UncertainSAM.predict` takes SAM 2's prompts (points, boxes, low-res mask inputs; one prompt
+or a batch) and returns SAM 2's three masks and scores plus, per mask, every bundle's
+estimate. The estimates come from the decoder tokens of that same pass, read by the hooks
+of `usam.sam.SamModel`: no second decoder forward. Mask j pairs with mask token j+1
+(SPEC "Token pairing"), so the MLP sees [iou_token, mask_token_{j+1}] as in training.
+
+    usam = UncertainSAM.from_pretrained("checkpoints/sam2.1/sam2.1_hiera_tiny.pt", "models")
+    usam.set_image(rgb)                                   # H x W x 3 uint8
+    out = usam.predict(point_coords=[[120, 80]], point_labels=[1])
+    out.masks[out.best], out.estimates["iou_tiny"]        # [H, W] bool, [3] float32
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from usam import CONF_DIR
+from usam.errors import UsamError
+from usam.mlp import TARGETS, Predictor, UsamMLP
+from usam.sam import N_MASK_TOKENS, SamModel, load_sam_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+SIZES = ("tiny", "small", "base_plus", "large")
+VERSIONS = ("sam2.1", "sam2.0")
+# sam2.1_hiera_tiny.pt (SAM 2.1) and sam2_hiera_tiny.pt (SAM 2.0), as Meta names them
+_CHECKPOINT_NAME = re.compile(r"(sam2\.1|sam2)_hiera_(tiny|small|base_plus|large)")
+
+
+@dataclass
+class Prediction:
+    """SAM 2's answer with the USAM estimates, numpy, batched as the prompts were.
+
+    A single prompt (points [N, 2], box [4], mask_input [1, h, w]) gives unbatched arrays
+    (masks [3, H, W]); batched prompts (points [B, N, 2], boxes [B, 4], mask_input
+    [B, 1, h, w]) give a leading B, also when B == 1.
+    """
+
+    masks: np.ndarray  # bool [..., 3, H, W] at the image's size
+    scores: np.ndarray  # float32 [..., 3] SAM's own IoU guess per mask
+    low_res_logits: np.ndarray  # float32 [..., 3, h, w] (feed one back as mask_input)
+    estimates: dict[str, np.ndarray] = field(default_factory=dict)  # target -> float32 [..., 3]
+    iou_token: np.ndarray | None = None  # float32 [..., 256]
+    mask_tokens: np.ndarray | None = None  # float32 [..., 3, 256], row j made mask j
+
+    @property
+    def best(self) -> np.ndarray | int:
+        """Index of the mask with the highest SAM score (what SAM 2 users pick)."""
+        best = self.scores.argmax(-1)
+        return int(best) if best.ndim == 0 else best
+
+
+def parse_checkpoint_name(path: str | Path) -> tuple[str | None, str | None]:
+    """(version, size) from a Meta checkpoint file name, None where it does not say."""
+    m = _CHECKPOINT_NAME.search(Path(path).name)
+    if m is None:
+        return None, None
+    return ("sam2.1" if m.group(1) == "sam2.1" else "sam2.0"), m.group(2)
+
+
+def packaged_config(version: str, size: str) -> str:
+    """The sam2 model config for (version, size), as conf/sam_model/<version>.yaml lists it."""
+    if version not in VERSIONS:
+        raise UsamError(f"SAM version {version!r} is unknown; use one of {', '.join(VERSIONS)}")
+    configs = OmegaConf.load(Path(CONF_DIR) / "sam_model" / f"{version}.yaml").configs
+    if size not in configs:
+        raise UsamError(f"SAM size {size!r} is unknown; use one of {', '.join(configs)}")
+    return str(configs[size])
+
+
+def load_predictors(
+    directory: str | Path,
+    *,
+    targets: list[str] | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Predictor]:
+    """Every bundle under `directory` (`<target>/model.safetensors + config.json`), by target.
+
+    `directory` may also be one bundle itself. `targets` keeps only those (each must exist).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UsamError(
+            f"predictor directory {directory.resolve()} not found; train bundles with "
+            "python -m usam.train -m 'predictor=glob(*)' out_dir=<dir> and pass that <dir>"
+        )
+    if (directory / "config.json").is_file():
+        dirs = [directory]
+    else:
+        dirs = sorted(d for d in directory.iterdir() if (d / "config.json").is_file())
+    predictors: dict[str, Predictor] = {}
+    for d in dirs:
+        p = Predictor.load(d, device)
+        if p.target in predictors:
+            raise UsamError(
+                f"{directory}: two bundles predict {p.target!r} ({d.name} and another); keep one"
+            )
+        predictors[p.target] = p
+    if not predictors:
+        raise UsamError(
+            f"{directory.resolve()} holds no predictor bundle (<target>/config.json + "
+            "model.safetensors, written by python -m usam.train)"
+        )
+    if targets is not None:
+        missing = [t for t in targets if t not in predictors]
+        if missing:
+            raise UsamError(f"{directory}: no bundle for {missing}; it has {sorted(predictors)}")
+        return {t: predictors[t] for t in targets}
+    order = list(TARGETS)  # the paper's order, then any other target by name
+    return dict(
+        sorted(
+            predictors.items(),
+            key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]),
+        )
+    )
+
+
+def check_compatible(sam: SamModel, predictors: Mapping[str, Predictor]) -> None:
+    """Refuse bundles trained on tokens of another SAM version or size; warn on random ones."""
+    for target, p in predictors.items():
+        c = p.config
+        versions = [v for v in str(c.get("sam_version") or "").split("+") if v]
+        if versions and sam.version not in versions:
+            raise UsamError(
+                f"predictor {target!r} was trained on {'+'.join(versions)} tokens but the "
+                f"checkpoint is {sam.version}: load a {'+'.join(versions)} checkpoint or "
+                "bundles trained on this version"
+            )
+        # a bundle knows the SAM sizes of its training rows: all of the container's, or one
+        trained_on = [c["filter_model"]] if c.get("filter_model") else list(c.get("models") or [])
+        if trained_on and sam.size not in trained_on:
+            raise UsamError(
+                f"predictor {target!r} was trained on tokens of SAM {'+'.join(trained_on)} but "
+                f"the checkpoint is SAM {sam.size}: load that size or bundles trained on "
+                f"{sam.size} tokens"
+            )
+        dim = int(sam.model.sam_mask_decoder.transformer_dim)
+        if p.model.in_features != 2 * dim:
+            raise UsamError(
+                f"predictor {target!r} takes {p.model.in_features} inputs but SAM's tokens "
+                f"give 2 x {dim}"
+            )
+    random = sorted(t for t, p in predictors.items() if p.config.get("random_weights"))
+    if random:
+        log.warning(
+            "predictors %s were trained on RANDOM-weight SAM tokens: their estimates mean "
+            "nothing (tests and smoke runs only)",
+            random,
+        )
+    if sam.random_weights and predictors:
+        log.warning("SAM 2 has RANDOM weights: masks, scores and estimates mean nothing")
+
+
+class StackedPredictors:
+    """Several USAM MLPs of one architecture evaluated as one: a batched matmul per layer.
+
+    Same numbers as applying each `Predictor` (up to float rounding) in 3 kernel calls
+    instead of 3 per MLP: on a CPU the per-call overhead is most of an MLP's cost. MLPs of
+    mixed architectures fall back to a loop. Build it after the predictors are on their device.
+    """
+
+    def __init__(self, predictors: Mapping[str, Predictor]):
+        self.targets = list(predictors)
+        self.loop = list(predictors.values())
+        linears = [
+            [m for m in p.model.net if isinstance(m, torch.nn.Linear)]
+            for p in self.loop
+            if isinstance(p.model, UsamMLP)
+        ]
+        shapes = {tuple(tuple(lin.weight.shape) for lin in ls) for ls in linears}
+        self.stacked = len(self.loop) > 1 and len(linears) == len(self.loop) and len(shapes) == 1
+        if self.stacked:  # a snapshot of the weights, without autograd history
+            # per layer: weight [K, in, out] and bias [K, 1, out], for baddbmm
+            self.weights = [
+                torch.stack([ls[i].weight.detach().T for ls in linears])
+                for i in range(len(linears[0]))
+            ]
+            self.biases = [
+                torch.stack([ls[i].bias.detach()[None] for ls in linears])
+                for i in range(len(linears[0]))
+            ]
+            self.shift = torch.tensor([p.shift for p in self.loop], device=self.weights[0].device)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, 512] = [iou_token, mask_token] rows -> [K, N] values in each target's units."""
+        if not self.stacked:
+            return torch.stack([p(x) for p in self.loop]) if self.loop else x.new_zeros(0, len(x))
+        h = x.expand(len(self.loop), *x.shape)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if i < len(self.weights) - 1:
+                h = h.relu()
+        return h.squeeze(-1).sigmoid() - self.shift[:, None]
+
+
+@contextlib.contextmanager
+def _capture(sam: SamModel) -> Iterator[dict[Any, torch.Tensor]]:
+    """Arm SamModel's decoder hooks for one decoder call and hand back what they read."""
+    sam._captured = {}
+    try:
+        yield sam._captured
+    finally:
+        sam._captured = None
+
+
+def _as_array(x: Any, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise UsamError(f"{name} must be numeric, got {type(x).__name__} ({err})") from None
+    if not np.isfinite(a).all():
+        raise UsamError(f"{name} has NaN or infinite values")
+    return a
+
+
+class UncertainSAM:
+    """A SamModel plus a set of USAM predictors: SAM 2's prompts in, masks + estimates out."""
+
+    def __init__(self, sam: SamModel, predictors: Mapping[str, Predictor], *, check: bool = True):
+        self.sam = sam
+        self.predictors = {t: p.to(sam.device).eval() for t, p in predictors.items()}
+        if check:
+            check_compatible(sam, self.predictors)
+        self.heads = StackedPredictors(self.predictors)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | Path | None,
+        bundles_dir: str | Path | None,
+        *,
+        size: str | None = None,
+        config: str | Path | None = None,
+        version: str | None = None,
+        device: str | torch.device = "auto",
+        image_size: int | None = None,
+        targets: list[str] | None = None,
+        sha256: str | None = None,
+        batch_size: int | None = None,
+        random_weights: bool = False,
+        seed: int = 0,
+    ) -> UncertainSAM:
+        """SAM 2 from `checkpoint` with the bundles in `bundles_dir` (None: SAM alone).
+
+        Size and version default to what Meta's file name says (sam2.1_hiera_tiny.pt);
+        `config` defaults to the sam2 package's config for them. `random_weights=True`
+        builds seeded random SAM weights instead (tests only; needs `size`).
+        """
+        named_version, named_size = parse_checkpoint_name(checkpoint or "")
+        for given, named, what in ((size, named_size, "size"), (version, named_version, "version")):
+            if given is not None and named is not None and given != named:
+                raise UsamError(
+                    f"{checkpoint}: the file name says SAM {what} {named} but {what}={given} "
+                    "was given; pass the matching checkpoint or drop the argument"
+                )
+        size, version = size or named_size, version or named_version or "sam2.1"
+        if size is None:
+            raise UsamError(
+                f"{checkpoint}: cannot tell the SAM size from the file name; pass size= "
+                f"(one of {', '.join(SIZES)})"
+            )
+        if not random_weights:
+            if checkpoint is None:
+                raise UsamError("no SAM 2 checkpoint given; pass its path (or random_weights=True)")
+            if not Path(checkpoint).is_file():
+                raise UsamError(
+                    f"SAM 2 checkpoint {Path(checkpoint).resolve()} not found; get it with: "
+                    f"python -m usam.download_checkpoints sam_model={version}"
+                )
+        dev = resolve_device(device)
+        # bundles first: a bad directory fails in milliseconds, not after building SAM
+        predictors = {} if bundles_dir is None else load_predictors(bundles_dir, targets=targets)
+        sam = load_sam_model(
+            size,
+            None if random_weights else checkpoint,
+            config or packaged_config(version, size),
+            version=version,
+            image_size=image_size,
+            device=dev,
+            batch_size=batch_size,
+            random_weights=random_weights,
+            seed=seed,
+            sha256=sha256,
+        )
+        return cls(sam, predictors)
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode one H x W x 3 uint8 RGB image (SAM 2's encoder, once per image)."""
+        self.sam.set_image(image)
+
+    def predict(
+        self,
+        point_coords: Any = None,
+        point_labels: Any = None,
+        box: Any = None,
+        mask_input: Any = None,
+        multimask_output: bool = True,
+        *,
+        return_tokens: bool = False,
+    ) -> Prediction:
+        """SAM 2's masks and scores for the prompts, plus every predictor's estimate per mask.
+
+        Prompts as in SAM2ImagePredictor.predict: points (x, y) in image pixels with labels
+        (1 foreground, 0 background, -1 ignored; default all 1), boxes XYXY in pixels,
+        mask_input = low-res logits of an earlier prediction. Batched when any prompt has
+        the batch dimension (see `Prediction`). Only multimask_output=True: the MLPs were
+        trained on the tokens of those three masks; `Prediction.best` picks one.
+        """
+        if not multimask_output:
+            raise UsamError(
+                "UncertainSAM.predict supports multimask_output=True only: the USAM MLPs were "
+                "trained on the tokens of SAM's three masks; use Prediction.best for one mask"
+            )
+        if not self.sam.predictor._is_image_set:
+            raise UsamError("UncertainSAM.predict called before set_image")
+        points, labels, boxes, masks_in, batched = self._prompts(
+            point_coords, point_labels, box, mask_input
+        )
+        n = len(next(x for x in (points, boxes, masks_in) if x is not None))
+        bs = self.sam.batch_size
+        parts = [
+            self.decode(
+                None if points is None else points[lo : lo + bs],
+                None if labels is None else labels[lo : lo + bs],
+                None if boxes is None else boxes[lo : lo + bs],
+                None if masks_in is None else masks_in[lo : lo + bs],
+            )
+            for lo in range(0, n, bs)
+        ]
+        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "estimates"}
+        est = {t: torch.cat([p["estimates"][t] for p in parts]) for t in self.predictors}
+
+        def np_(t: torch.Tensor) -> np.ndarray:
+            a = t.cpu().numpy()
+            return a if batched else a[0]
+
+        return Prediction(
+            masks=np_(out["masks"]),
+            scores=np_(out["scores"]),
+            low_res_logits=np_(out["low_res_logits"]),
+            estimates={t: np_(v) for t, v in est.items()},
+            iou_token=np_(out["iou_token"]) if return_tokens else None,
+            mask_tokens=np_(out["mask_tokens"]) if return_tokens else None,
+        )
+
+    def _prompts(self, point_coords, point_labels, box, mask_input):
+        """Validate SAM 2 prompts; return them batched (numpy) and whether they came batched."""
+        points = labels = boxes = masks_in = None
+        ranks = {}
+        if point_coords is not None:
+            points = _as_array(point_coords, "point_coords")
+            if points.ndim not in (2, 3) or points.shape[-1] != 2 or points.shape[-2] < 1:
+                raise UsamError(
+                    f"point_coords must be [N, 2] or [B, N, 2] (x, y) pixels, got {points.shape}"
+                )
+            ranks["point_coords"] = (points.ndim == 3, len(points) if points.ndim == 3 else 1)
+            if point_labels is None:
+                labels = np.ones(points.shape[:-1], np.int64)
+            else:
+                labels = _as_array(point_labels, "point_labels")
+                if labels.shape != points.shape[:-1]:
+                    raise UsamError(
+                        f"point_labels {labels.shape} do not match point_coords {points.shape}: "
+                        f"one label per point, i.e. {points.shape[:-1]}"
+                    )
+                if not np.isin(labels, (-1, 0, 1)).all():
+                    raise UsamError("point_labels must be 1 (foreground), 0 (background) or -1")
+                labels = labels.astype(np.int64)
+            if points.ndim == 2:
+                points, labels = points[None], labels[None]
+        elif point_labels is not None:
+            raise UsamError("point_labels given without point_coords")
+        if box is not None:
+            boxes = _as_array(box, "box")
+            if boxes.ndim not in (1, 2) or boxes.shape[-1] != 4:
+                raise UsamError(f"box must be [4] or [B, 4] (x0, y0, x1, y1), got {boxes.shape}")
+            ranks["box"] = (boxes.ndim == 2, len(boxes) if boxes.ndim == 2 else 1)
+            boxes = boxes if boxes.ndim == 2 else boxes[None]
+        if mask_input is not None:
+            masks_in = _as_array(mask_input, "mask_input")
+            r = self.sam.low_res_size
+            if masks_in.ndim not in (3, 4) or masks_in.shape[-3:] != (1, r, r):
+                raise UsamError(
+                    f"mask_input must be [1, {r}, {r}] or [B, 1, {r}, {r}] low-res logits "
+                    f"(one of an earlier prediction's low_res_logits[..., j:j+1, :, :]), "
+                    f"got {masks_in.shape}"
+                )
+            ranks["mask_input"] = (masks_in.ndim == 4, len(masks_in) if masks_in.ndim == 4 else 1)
+            masks_in = masks_in if masks_in.ndim == 4 else masks_in[None]
+        if not ranks:
+            raise UsamError("no prompt: give point_coords, box or mask_input")
+        batched = any(b for b, _ in ranks.values())
+        if len({(b, n) for b, n in ranks.values()}) > 1:
+            raise UsamError(
+                "prompts disagree on the batch: "
+                + ", ".join(
+                    f"{k} {'batch of ' + str(n) if b else 'single'}" for k, (b, n) in ranks.items()
+                )
+                + "; give all single or all with the same batch size"
+            )
+        return points, labels, boxes, masks_in, batched
+
+    def decode(
+        self,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        boxes: np.ndarray | None,
+        mask_input: np.ndarray | None,
+    ) -> dict[str, Any]:
+        """One decoder call for a batch of B prompts (already batched); tensors on the device.
+
+        Keys: masks [B, 3, H, W], scores [B, 3], low_res_logits [B, 3, h, w], iou_token
+        [B, C], mask_tokens [B, 3, C], estimates {target: [B, 3]}.
+        """
+        sam = self.sam
+        p = sam.predictor
+        with torch.inference_mode():
+            with _capture(sam) as captured, sam._autocast():
+                mask_in, coords, lab, box = p._prep_prompts(
+                    points, labels, boxes, mask_input, normalize_coords=True
+                )
+                masks, scores, low_res = p._predict(
+                    coords, lab, box, mask_in, multimask_output=True, return_logits=False
+                )
+            b = len(scores)
+            missing = [k for k in ["iou", *range(N_MASK_TOKENS)] if k not in captured]
+            if missing or any(t.ndim != 2 or t.shape[0] != b for t in captured.values()):
+                raise UsamError(
+                    "the sam2 mask decoder did not hand its tokens to usam's hooks as expected "
+                    f"(missing {missing}, shapes {[tuple(t.shape) for t in captured.values()]}); "
+                    "this sam2 version is not supported"
+                )
+            iou_token = captured["iou"].float()
+            mask_tokens = torch.stack([captured[j + 1] for j in range(3)], dim=1).float()
+            # row (prompt i, mask j) = [iou_token_i, mask_token_{i, j+1}], the training layout
+            x = torch.cat([iou_token[:, None].expand_as(mask_tokens), mask_tokens], -1)
+            x = x.reshape(b * 3, -1)
+            values = self.heads(x).float().view(-1, b, 3)
+            estimates = dict(zip(self.heads.targets, values, strict=True))
+        return {
+            "masks": masks.bool(),
+            "scores": scores.float(),
+            "low_res_logits": low_res.float(),
+            "iou_token": iou_token,
+            "mask_tokens": mask_tokens,
+            "estimates": estimates,
+        }
+
+    def __repr__(self) -> str:
+        return f"UncertainSAM({self.sam!r}, predictors={sorted(self.predictors)})"
