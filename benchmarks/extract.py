@@ -78,8 +78,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     args = p.parse_args()
 
-    from omegaconf import OmegaConf
     from importlib.resources import files
+
+    from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(str(files("usam") / "conf" / "sam_model" / "sam2.1.yaml"))
     if args.version == "sam2.0":

@@ -85,7 +85,7 @@ def outline(
     # evenly spread angles with jitter: an irregular but compact, non-convex outline
     angles = np.linspace(0, 2 * np.pi, 7, endpoint=False) + rng.uniform(-0.3, 0.3, 7)
     radii = rng.uniform(0.55, 1.0, 7)
-    return [(cx + r * rx * np.cos(t), cy + r * ry * np.sin(t)) for t, r in zip(angles, radii)]
+    return [(cx + r * rx * np.cos(t), cy + r * ry * np.sin(t)) for t, r in zip(angles, radii, strict=True)]
 
 
 def shape_mask(
@@ -121,7 +121,7 @@ def make(out: Path) -> None:
             image = bg.copy()
             labels = np.zeros((h, w), np.uint8)
             for oid, ((kind, box, (vx, vy)), (colour, stripe), poly) in enumerate(
-                zip(objects, looks, polys), start=1
+                zip(objects, looks, polys, strict=True), start=1
             ):
                 m = shape_mask(kind, box, (vx * f, vy * f), poly, (w, h))
                 assert m.any(), f"{video} frame {f}: object {oid} left the frame"

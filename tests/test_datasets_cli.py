@@ -90,7 +90,7 @@ def test_user_error_follows_explicit_causes_only():
         try:
             raise UsamError("bad input")
         except UsamError:
-            raise KeyError("a bug while handling it")  # implicit context: stays a bug
+            raise KeyError("a bug while handling it")  # noqa: B904 -- implicit context on purpose
     except KeyError as bug:
         assert user_error(bug) is None
 

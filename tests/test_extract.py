@@ -16,7 +16,6 @@ from hydra.utils import instantiate
 
 from usam.cli import user_error
 from usam.datasets.base import Sample
-from usam.errors import UsamError
 from usam.extract import Extractor, RecordWriter, run
 from usam.sam import Decoded
 from usam.storage import read_tensors

@@ -120,7 +120,7 @@ def test_iou_agrees_with_pycocotools():
     preds = rng.random((6, 37, 53)) < rng.random((6, 1, 1))
     gt = rng.random((37, 53)) < 0.4
     preds[5] = False  # empty prediction vs non-empty gt
-    rle = lambda m: mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    rle = lambda m: mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))  # noqa: E731
     want = mask_utils.iou([rle(p) for p in preds], [rle(gt)], [0])[:, 0]
     assert mask_iou(preds, gt).numpy() == pytest.approx(want, abs=1e-7)
     empty = np.zeros((5, 5), bool)

@@ -11,14 +11,14 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from usam.errors import UsamError
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

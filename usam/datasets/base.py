@@ -9,9 +9,10 @@ counted in `reader.stats`; with `strict=True` the first broken sample raises ins
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image

@@ -17,7 +17,6 @@ from usam.errors import UsamError
 from usam.storage import read_json
 
 
-
 class Mose(VideoFolders):
     """MOSE reader; splits train -> train, val -> valid (MOSE's test set has no masks)."""
 
