@@ -17,23 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from usam.extract import FIELDS
 from usam.storage import write_json, write_tensors
 
 MODELS = ("tiny", "small", "base_plus", "large")
 VARIANTS = ("original", "jpeg10", "jpeg30", "noise", "blur")
-FIELDS = (
-    "iou",
-    "sam_score",
-    "unsupervised_iou",
-    "unsupervised_sam_score",
-    "iou_dense_prompt",
-    "entropy",
-    "h_task",
-    "h_prompt",
-    "h_augmentation",
-    "h_theta",
-    "h_all",
-)
 
 
 def token_code(model_index: int, variant_index: int, instance: int) -> float:

@@ -49,13 +49,13 @@ from usam.containers import (
     is_container,
 )
 from usam.errors import SampleError, UsamError
+from usam.extract import RECORD_SCHEMA  # stage 1 defines the record
 from usam.storage import write_json
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Container", "ContainerWriter", "run", "main"]
 
-RECORD_SCHEMA = 1
 MODEL_ORDER = ("tiny", "small", "base_plus", "large")
 VARIANT_ORDER = ("original", "jpeg10", "jpeg30", "noise", "blur")
 RECORD_KEYS = (

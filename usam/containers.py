@@ -16,23 +16,11 @@ from typing import Any
 import numpy as np
 
 from usam.errors import UsamError
+from usam.extract import FIELDS
 
 SCHEMA = 1
 TOKEN_DIM = 256
 # stage-1 fields copied as they are (those of the row's own model and variant)
-FIELDS = (
-    "iou",
-    "sam_score",
-    "unsupervised_iou",
-    "unsupervised_sam_score",
-    "iou_dense_prompt",
-    "entropy",
-    "h_task",
-    "h_prompt",
-    "h_augmentation",
-    "h_theta",
-    "h_all",
-)
 # copied for every model of the container as `<field>_<model>`
 PER_MODEL = ("iou", "unsupervised_iou", "sam_score")
 # per-row int codes into a table: models/variants/datasets in meta.json, the rest in tables/
