@@ -25,12 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 GROUPS, INSTANCES = 20, 3  # 60 instances per model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def designed_container(

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 from test_train import hand_container, tensorboard_tags, train_cfg
 
 from usam.errors import UsamError
@@ -18,12 +17,7 @@ pytest.importorskip("smac", reason="smac is not installed: pip install smac (see
 SMALL = ["hpo.epochs=[1,3]", "hpo.batch_size=[8,32]", "trainer.progress=false", "hpo.progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bowl(hp: dict) -> float:

@@ -33,13 +33,7 @@ TARGET_NAMES = ["iou_tiny", "iou_small", "iou_base_plus", "iou_large", "iou_dens
 FAST = ["predictor.batch_size=32", "predictor.epochs=3", "predictor.lr=0.05", "predictor.momentum=0.9"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: OpenMP threads spinning against each other make tiny matmuls 10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_container(root: Path, out: Path, *, groups: int = 60, frames: int = 2, instances: int = 3,
