@@ -14,10 +14,9 @@ of `usam.sam.SamModel`: no second decoder forward. Mask j pairs with mask token 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from omegaconf import OmegaConf
 from usam import CONF_DIR
 from usam.errors import UsamError
 from usam.mlp import TARGETS, Predictor, UsamMLP
-from usam.sam import N_MASK_TOKENS, SamModel, load_sam_model, resolve_device
+from usam.sam import SamModel, load_sam_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -204,16 +203,6 @@ class StackedPredictors:
             if i < len(self.weights) - 1:
                 h = h.relu()
         return h.squeeze(-1).sigmoid() - self.shift[:, None]
-
-
-@contextlib.contextmanager
-def _capture(sam: SamModel) -> Iterator[dict[Any, torch.Tensor]]:
-    """Arm SamModel's decoder hooks for one decoder call and hand back what they read."""
-    sam._captured = {}
-    try:
-        yield sam._captured
-    finally:
-        sam._captured = None
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
@@ -429,38 +418,19 @@ class UncertainSAM:
         Keys: masks [B, 3, H, W], scores [B, 3], low_res_logits [B, 3, h, w], iou_token
         [B, C], mask_tokens [B, 3, C], estimates {target: [B, 3]}.
         """
-        sam = self.sam
-        p = sam.predictor
+        dec, low_res = self.sam.decode_once(points, labels, boxes, mask_input)
+        b = len(dec.scores)
         with torch.inference_mode():
-            with _capture(sam) as captured, sam._autocast():
-                mask_in, coords, lab, box = p._prep_prompts(
-                    points, labels, boxes, mask_input, normalize_coords=True
-                )
-                masks, scores, low_res = p._predict(
-                    coords, lab, box, mask_in, multimask_output=True, return_logits=False
-                )
-            b = len(scores)
-            missing = [k for k in ["iou", *range(N_MASK_TOKENS)] if k not in captured]
-            if missing or any(t.ndim != 2 or t.shape[0] != b for t in captured.values()):
-                raise UsamError(
-                    "the sam2 mask decoder did not hand its tokens to usam's hooks as expected "
-                    f"(missing {missing}, shapes {[tuple(t.shape) for t in captured.values()]}); "
-                    "this sam2 version is not supported"
-                )
-            iou_token = captured["iou"].float()
-            mask_tokens = torch.stack([captured[j + 1] for j in range(3)], dim=1).float()
             # row (prompt i, mask j) = [iou_token_i, mask_token_{i, j+1}], the training layout
-            x = torch.cat([iou_token[:, None].expand_as(mask_tokens), mask_tokens], -1)
-            x = x.reshape(b * 3, -1)
-            values = self.heads(x).float().view(-1, b, 3)
-            estimates = dict(zip(self.heads.targets, values, strict=True))
+            x = torch.cat([dec.iou_token[:, None].expand_as(dec.mask_tokens), dec.mask_tokens], -1)
+            values = self.heads(x.reshape(b * 3, -1)).float().view(-1, b, 3)
         return {
-            "masks": masks.bool(),
-            "scores": scores.float(),
-            "low_res_logits": low_res.float(),
-            "iou_token": iou_token,
-            "mask_tokens": mask_tokens,
-            "estimates": estimates,
+            "masks": dec.masks,
+            "scores": dec.scores,
+            "low_res_logits": low_res,
+            "iou_token": dec.iou_token,
+            "mask_tokens": dec.mask_tokens,
+            "estimates": dict(zip(self.heads.targets, values, strict=True)),
         }
 
     def __repr__(self) -> str:

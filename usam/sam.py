@@ -362,7 +362,7 @@ class SamModel:
         if len(points) == 0:
             return self._empty()
         parts = [
-            self._decode_chunk(points[lo : lo + self.batch_size], labels[lo : lo + self.batch_size])
+            self.decode_once(points[lo : lo + self.batch_size], labels[lo : lo + self.batch_size])[0]
             for lo in range(0, len(points), self.batch_size)
         ]
         if len(parts) == 1:
@@ -371,23 +371,33 @@ class SamModel:
             *(torch.cat([getattr(p, f) for p in parts]) for f in Decoded.__dataclass_fields__)
         )
 
-    def _decode_chunk(self, points: torch.Tensor, labels: torch.Tensor) -> Decoded:
+    def decode_once(
+        self,
+        points: np.ndarray | torch.Tensor | None,
+        labels: np.ndarray | torch.Tensor | None,
+        boxes: np.ndarray | torch.Tensor | None = None,
+        mask_input: np.ndarray | torch.Tensor | None = None,
+    ) -> tuple[Decoded, torch.Tensor]:
+        """One decoder call for an already batched set of prompts (points, boxes, masks).
+
+        Returns the Decoded outputs and the raw low-resolution logits [B, 3, h, w].
+        """
         p = self.predictor
-        b = len(points)
         self._captured = {}
         try:
             with torch.inference_mode(), self._autocast():
                 # the predictor's own prompt path (coords scaled to the model's input frame);
                 # 3-D inputs keep the batch dimension even when B == 1
-                _, coords, lab, _ = p._prep_prompts(
-                    points, labels, None, None, normalize_coords=True
+                mask_in, coords, lab, box = p._prep_prompts(
+                    points, labels, boxes, mask_input, normalize_coords=True
                 )
                 masks, scores, low_res = p._predict(
-                    coords, lab, None, None, multimask_output=True, return_logits=False
+                    coords, lab, box, mask_in, multimask_output=True, return_logits=False
                 )
             captured = self._captured
         finally:
             self._captured = None
+        b = len(scores)
         missing = [k for k in ["iou", *range(N_MASK_TOKENS)] if k not in captured]
         if missing:
             raise UsamError(
@@ -400,13 +410,15 @@ class SamModel:
                     f"captured decoder token {k!r} has shape {tuple(t.shape)}, expected "
                     f"[{b}, C]; this sam2 version is not supported"
                 )
-        return Decoded(
+        low_res = low_res.float()
+        decoded = Decoded(
             masks=masks.bool(),
             scores=scores.float(),
-            low_res_probs=torch.sigmoid(low_res.float()),
+            low_res_probs=torch.sigmoid(low_res),
             iou_token=captured["iou"].float(),
             mask_tokens=torch.stack([captured[j + 1] for j in range(3)], dim=1).float(),
         )
+        return decoded, low_res
 
     def _empty(self) -> Decoded:
         h, w = self.predictor._orig_hw[0]
