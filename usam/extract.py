@@ -148,11 +148,16 @@ class Extractor:
             return record, {}
         stats = ImageStats(len(self.models.sizes), len(self.augment.names))
         tensors: dict[str, np.ndarray] = {}
-        for mi, model in enumerate(self.models):
-            gt = torch.as_tensor(np.stack([sample.masks[i] for i in ids]), device=model.device)
-            record["fields"][model.size] = {}
-            for vi, (variant, apply) in enumerate(self.augment):
-                image_v, points_v, unmap = apply(sample.image, points, key=sample.name)
+        gt_cpu = torch.as_tensor(np.stack([sample.masks[i] for i in ids]))
+        gts: dict[torch.device, torch.Tensor] = {}  # the GT goes to each device once
+        record["fields"] = {m: {} for m in self.models.sizes}
+        # each variant is made once and shared by all models
+        for vi, (variant, apply) in enumerate(self.augment):
+            image_v, points_v, unmap = apply(sample.image, points, key=sample.name)
+            for mi, model in enumerate(self.models):
+                if model.device not in gts:
+                    gts[model.device] = gt_cpu.to(model.device)
+                gt = gts[model.device]
                 model.set_image(image_v)
                 out = self.decode_instance_prompts(model, points_v, gt, unmap)
                 fields = stats.add(mi, vi, out)
