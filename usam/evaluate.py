@@ -35,6 +35,7 @@ from usam.evaluation import (
     pearson_matrix,
     r_grid,
 )
+from usam.sam import resolve_device
 from usam.storage import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,6 @@ class Evaluator:
             self.r = r_grid(float(r_max), int(r_points))
         except ValueError as err:
             raise UsamError(f"evaluator.r_max / r_points: {err}") from None
-        from usam.train import resolve_device
-
         self.model = None if model in (None, "", "None") else str(model)
         self.use_cases = list(use_cases)
         self.augmented, self.val_fraction, self.seed = (
@@ -109,7 +108,8 @@ class Evaluator:
             float(val_fraction),
             int(seed),
         )
-        self.device, self.batch_size = resolve_device(str(device)), int(batch_size)
+        self.device = resolve_device(str(device), key="evaluator.device")
+        self.batch_size = int(batch_size)
         self.plots, self.tensorboard = bool(plots), bool(tensorboard)
         self.notes: list[str] = []
         self.bundle_dirs: dict[str, Path] = {}

@@ -68,21 +68,18 @@ def _quiet_predictor_logs() -> None:
 # --------------------------------------------------------------------------- building
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` -> cuda if available else cpu; a CUDA device without CUDA is a UsamError."""
+def resolve_device(device: str | torch.device = "auto", key: str = "sam_model.device") -> torch.device:
+    """`auto` -> cuda if available else cpu; a bad or unavailable device is a UsamError naming `key`."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as err:
         raise UsamError(
-            f"sam_model.device={device!r} is not a device ({err}); use auto, cpu, cuda or cuda:N"
+            f"{key}={device!r} is not a device ({err}); use auto, cpu, cuda or cuda:N"
         ) from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsamError(
-            f"sam_model.device={device} but CUDA is not available here; "
-            "use sam_model.device=auto or cpu"
-        )
+        raise UsamError(f"{key}={device} but CUDA is not available here; use {key}=auto or cpu")
     return dev
 
 

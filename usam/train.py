@@ -31,6 +31,7 @@ from usam import CONF_DIR
 from usam.cli import run_stage
 from usam.errors import UsamError
 from usam.mlp import TARGETS, UsamMLP, save_bundle
+from usam.sam import resolve_device
 from usam.storage import write_json
 
 log = logging.getLogger(__name__)
@@ -83,18 +84,6 @@ def paper_hyperparameters(dataset: str, target: str) -> dict[str, Any]:
     table = PAPER_DEFAULTS[key]
     batch_size, epochs, lr, momentum = table.get(target, table["default"])
     return {"batch_size": batch_size, "epochs": epochs, "lr": lr, "momentum": momentum}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UsamError(f"device={device!r} is not a torch device (use auto, cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsamError(f"device={device!r} but CUDA is not available here; use device=cpu or auto")
-    return dev
 
 
 def regression_metrics(pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -183,7 +172,7 @@ class Trainer:
     ):
         if not 0.0 < float(val_fraction) < 1.0:
             raise UsamError(f"trainer.val_fraction must be in (0, 1), got {val_fraction}")
-        self.device = resolve_device(str(device))
+        self.device = resolve_device(str(device), key="device")
         self.seed, self.val_fraction = int(seed), float(val_fraction)
         self.refit_all, self.eval_batch_size, self.progress = bool(refit_all), int(eval_batch_size), progress
 
