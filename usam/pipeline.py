@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from usam import CONF_DIR
 from usam.cli import run_stage
 from usam.errors import UsamError
+from usam.mlp import TARGETS
 from usam.storage import write_json
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,6 @@ STAGE_KEYS = {
     "train": {"paths", "dataset", "shard", "predictor", "hpo", "container", "seed", "device", "trainer"},
     "evaluate": {"paths", "dataset", "shard", "container", "split", "evaluator"},
 }
-TARGETS = ("iou_tiny", "iou_small", "iou_base_plus", "iou_large", "iou_dense_prompt",
-           "unsupervised_iou", "model_gap", "task_gap", "prompt_gap")
 
 
 def override_key(override: str) -> str:
