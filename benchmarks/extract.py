@@ -3,7 +3,8 @@
 
 The baseline re-encodes the image for every instance and decodes one prompt at a time
 (what the published code did); usam encodes once per (model, variant) and decodes all
-prompts of all instances in batches. Both compute the same quantities.
+prompts of all instances in batches. Both compute every SPEC field through the same
+reduction code, and the script prints the largest difference between their fields.
 
   python benchmarks/extract.py                          # random tiny, 256 px, 6 instances, CPU
   python benchmarks/extract.py --sizes tiny small base_plus large --image-size 1024 \
@@ -17,11 +18,10 @@ import time
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 
-from usam.augment import Augmentations
 from usam.datasets.base import Sample
-from usam.extract import Extractor, RecordWriter
-from usam.measures import mask_iou
+from usam.extract import FIELDS, Extractor, ImageStats, RecordWriter
 from usam.prompts import instance_rng, prompt_points
 from usam.sam import SamModels
 
@@ -48,21 +48,51 @@ def synthetic_images(n: int, instances: int, size: tuple[int, int], seed: int = 
     return out
 
 
-def baseline(models: SamModels, images: list[Sample], seed: int, n_samples: int) -> float:
-    """The published loop: per instance, encode again, then decode prompts one by one."""
+def baseline(extractor: Extractor, images: list[Sample]) -> tuple[float, dict]:
+    """The published loop: per instance, encode the image again for every model and variant,
+    then decode its prompts one per decoder call. The fields come from the same code as
+    usam's (`decode_instance_prompts`, `ImageStats`), so both loops compute the same numbers.
+    """
+    models, augment = extractor.models, extractor.augment
+    batch = [m.batch_size for m in models]
+    for m in models:
+        m.batch_size = 1
+    fields: dict = {}
     start = time.perf_counter()
-    for s in images:
-        for iid, gt in s.masks.items():
-            pts = prompt_points(gt, instance_rng(seed, s.name, iid), n_samples)
-            for model in models:
-                model.set_image(s.image)
-                g = torch.as_tensor(gt, device=model.device)
-                for p in range(len(pts)):
-                    dec = model.decode(pts[None, p : p + 1], np.ones((1, 1), np.int64))
-                    mask_iou(dec.masks, g)
-                dec = model.decode(pts[None], np.ones((1, len(pts)), np.int64))
-                mask_iou(dec.masks, g)
-    return time.perf_counter() - start
+    try:
+        for s in images:
+            for iid in sorted(i for i, m in s.masks.items() if m.any()):
+                pts = prompt_points(s.masks[iid], instance_rng(extractor.seed, s.name, iid),
+                                    extractor.n_samples)[None]
+                stats = ImageStats(len(models), len(augment.names))
+                out = fields.setdefault((s.name, iid), {m.size: {} for m in models})
+                for vi, (variant, apply) in enumerate(augment):
+                    image_v, pts_v, unmap = apply(s.image, pts, key=s.name)
+                    for mi, model in enumerate(models):
+                        gt = torch.as_tensor(s.masks[iid][None], device=model.device)
+                        model.set_image(image_v)
+                        dec = extractor.decode_instance_prompts(model, pts_v, gt, unmap)
+                        out[model.size][variant] = stats.add(mi, vi, dec)
+                stats.finish(out, models.sizes, augment.names)
+    finally:
+        for m, b in zip(models, batch, strict=True):
+            m.batch_size = b
+    return time.perf_counter() - start, fields
+
+
+def max_field_difference(records: dict, base: dict) -> float:
+    """Largest |usam - baseline| over every field of every instance (batching changes rounding only)."""
+    worst = 0.0
+    for name, record in records.items():
+        for k, inst in enumerate(record["instances"]):
+            for size, variants in record["fields"].items():
+                for variant, f in variants.items():
+                    b = base[(name, inst["id"])][size][variant]
+                    for field in FIELDS:
+                        u, v = np.asarray(f[field], np.float64)[k], np.asarray(b[field], np.float64)[0]
+                        if np.isfinite(u) or np.isfinite(v):
+                            worst = max(worst, abs(u - v))
+    return worst
 
 
 def main() -> None:
@@ -76,6 +106,7 @@ def main() -> None:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--device", default="auto")
+    p.add_argument("--augment", default="none", choices=["none", "paper", "flip"])
     args = p.parse_args()
 
     from importlib.resources import files
@@ -93,32 +124,34 @@ def main() -> None:
     models = SamModels(**OmegaConf.to_container(cfg))
     images = synthetic_images(args.images, args.instances, (args.height, args.width))
     writer = RecordWriter(root="unused", dataset="bench", split="bench")
-    extractor = Extractor(models=models, augment=Augmentations(), writer=writer, seed=0)
+    augment = instantiate(OmegaConf.load(str(files("usam") / "conf" / "augment" / f"{args.augment}.yaml")))
+    extractor = Extractor(models=models, augment=augment, writer=writer, seed=0)
 
     extractor.process(images[0])  # warm-up (allocator, kernels)
-    baseline(models, images[:1], 0, 7)
+    baseline(extractor, images[:1])
     for m in models:
         m.encoder_passes = 0
 
     t0 = time.perf_counter()
-    for s in images:
-        extractor.process(s)
+    records = {s.name: extractor.process(s)[0] for s in images}
     t_usam = time.perf_counter() - t0
     passes_usam = sum(m.encoder_passes for m in models)
     for m in models:
         m.encoder_passes = 0
-    t_base = baseline(models, images, 0, 7)
+    t_base, fields_base = baseline(extractor, images)
     passes_base = sum(m.encoder_passes for m in models)
 
     dev = next(iter(models)).device
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(f"device={name} sizes={args.sizes} image_size={args.image_size} weights="
-          f"{'random' if random else 'checkpoint'} images={args.images} instances/image={args.instances}")
+          f"{'random' if random else 'checkpoint'} augment={args.augment} images={args.images} "
+          f"instances/image={args.instances}")
     print(f"baseline (re-encode per instance, one prompt per call): {t_base:8.2f} s  "
           f"{t_base / args.images:6.3f} s/img  encoder passes {passes_base}")
     print(f"usam     (encode once, batched prompts):                {t_usam:8.2f} s  "
           f"{t_usam / args.images:6.3f} s/img  encoder passes {passes_usam}")
-    print(f"speed-up: {t_base / t_usam:.2f}x")
+    print(f"speed-up: {t_base / t_usam:.2f}x   largest field difference usam vs baseline: "
+          f"{max_field_difference(records, fields_base):.2e}")
 
 
 if __name__ == "__main__":

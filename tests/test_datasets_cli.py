@@ -21,10 +21,13 @@ from usam.errors import UsamError
 CONF = Path(usam.__file__).parent / "conf"
 
 
-def config(*overrides):
+def config(tmp_path, *overrides):
+    """The datasets config with every path (run folder, logs) under tmp_path."""
     GlobalHydra.instance().clear()
+    paths = [f"paths.{k}={tmp_path / k}" for k in ("data", "inference", "checkpoints", "log_dir")]
+    paths.append(f"paths.output_dir={tmp_path}")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("datasets", overrides=list(overrides))
+        return compose("datasets", overrides=paths + list(overrides))
 
 
 def test_run_counts_a_davis_split(tmp_path):
@@ -40,12 +43,14 @@ def test_run_counts_a_davis_split(tmp_path):
     (root / "JPEGImages/480p/cat/00001.jpg").write_bytes(b"junk")
     out = tmp_path / "run"
     cfg = config(
+        tmp_path,
         "dataset=davis",
         f"dataset.root={root}",
         "dataset.resolution=480p",
         f"paths.output_dir={out}",
     )
     summary = run(cfg)
+    assert (out / "config.yaml").is_file()
     assert (
         summary["dataset"] == "davis"
         and summary["split"] == "val"
@@ -61,13 +66,14 @@ def test_run_counts_a_davis_split(tmp_path):
 
 
 def test_run_on_a_shard_of_the_sample(tmp_path):
-    summary = run(config(f"paths.output_dir={tmp_path}", "shard.count=2", "shard.index=1"))
+    summary = run(config(tmp_path, "shard.count=2", "shard.index=1"))
     assert summary["dataset"] == "sample" and summary["shard"] == {"index": 1, "count": 2}
     assert summary["entries"] == summary["images"] == 3 and summary["instances"] == 9
 
 
 def test_run_raises_usam_error_for_a_bad_root(tmp_path):
     cfg = config(
+        tmp_path,
         "dataset=davis", f"dataset.root={tmp_path / 'nope'}", f"paths.output_dir={tmp_path}"
     )
     # hydra.utils.instantiate wraps the reader's UsamError; run_stage finds it through __cause__

@@ -40,6 +40,9 @@ def cfg_for(server, tmp_path):  # noqa: F811
                 "sam_model.sizes=[tiny]",
                 f"paths.checkpoints={tmp_path / 'ckpt'}",
                 f"paths.output_dir={tmp_path / 'run'}",
+                f"paths.data={tmp_path / 'data'}",
+                f"paths.inference={tmp_path / 'inference'}",
+                f"paths.log_dir={tmp_path / 'outputs'}",
                 "retries=0",
                 *extra,
             ]
@@ -64,6 +67,7 @@ def test_downloads_then_skips(cfg_for, server, tmp_path):  # noqa: F811
         }
     ]
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    assert (tmp_path / "run" / "config.yaml").is_file()
     verify_checkpoint(dest, None)  # what the SAM loader does: checks the recorded sidecar
 
     summary = run(cfg_for(f"sam_model.sha256.tiny='{digest}'"))

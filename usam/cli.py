@@ -1,4 +1,5 @@
-"""What every stage entrypoint does around its `run(cfg)`: user errors without tracebacks."""
+"""What every stage entrypoint does around its `run(cfg)`: user errors without tracebacks, and
+the run folder's summary.json and resolved config.yaml."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from usam.errors import UsamError
+from usam.storage import write_json
 
 log = logging.getLogger("usam")
 
@@ -42,4 +45,12 @@ def run_stage(run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> d
         log.error("%s", user)
         sys.exit(f"error: {user}")
     print(json.dumps(summary, default=str), flush=True)
+    return summary
+
+
+def save_run(cfg: DictConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """Write `summary.json` and the resolved `config.yaml` into the run folder; return the summary."""
+    out = Path(cfg.paths.output_dir)
+    write_json(out / "summary.json", summary)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     return summary

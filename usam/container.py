@@ -33,11 +33,11 @@ from typing import Any
 import hydra
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from usam import CONF_DIR
-from usam.cli import run_stage
+from usam.cli import run_stage, save_run
 from usam.containers import (
     CODES,
     FIELDS,
@@ -50,7 +50,6 @@ from usam.containers import (
 )
 from usam.errors import SampleError, UsamError
 from usam.extract import RECORD_SCHEMA  # stage 1 defines the record
-from usam.storage import write_json
 
 log = logging.getLogger(__name__)
 
@@ -594,11 +593,7 @@ def _numbers(values: Any, where: str, shape: tuple[int, ...] | None = None) -> n
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     writer = instantiate(cfg.writer)
-    summary = writer.write()
-    out = Path(cfg.paths.output_dir)
-    write_json(out / "summary.json", summary)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    return summary
+    return save_run(cfg, writer.write())
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="container")

@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from usam import CONF_DIR
-from usam.cli import run_stage
+from usam.cli import run_stage, save_run
 from usam.download import download, file_sha256, is_complete, read_sidecar, safe_join
 from usam.errors import UsamError
 from usam.storage import write_json
@@ -58,12 +58,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.error("%s", err)
         files.append(entry)
     summary = {"version": sm.version, "checkpoint_dir": str(out), "files": files}
-    write_json(Path(cfg.paths.output_dir) / "summary.json", summary)
     if failed:
+        write_json(Path(cfg.paths.output_dir) / "summary.json", summary)  # what did work
         raise UsamError(
             f"{len(failed)} of {len(files)} checkpoint download(s) failed: " + "; ".join(failed)
         )
-    return summary
+    return save_run(cfg, summary)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="download_checkpoints")

@@ -20,10 +20,10 @@ import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from usam import CONF_DIR
-from usam.cli import run_stage
+from usam.cli import run_stage, save_run
 from usam.containers import Container
 from usam.errors import UsamError
 from usam.evaluation import (
@@ -561,12 +561,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     evaluator = instantiate(cfg.evaluator)
-    out = Path(cfg.paths.output_dir)
     summary = evaluator.run(
-        container=cfg.container, predictors=cfg.predictors, split=cfg.split, run_dir=out
+        container=cfg.container, predictors=cfg.predictors, split=cfg.split, run_dir=cfg.paths.output_dir
     )
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    return summary
+    return save_run(cfg, summary)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")

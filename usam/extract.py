@@ -16,11 +16,11 @@ import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from usam import CONF_DIR
-from usam.cli import run_stage
+from usam.cli import run_stage, save_run
 from usam.datasets.base import DatasetReader, Sample
 from usam.errors import SampleError
 from usam.measures import entropy, mask_iou, mixture, score_weights
@@ -265,11 +265,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     augment = instantiate(cfg.augment)
     writer = instantiate(cfg.writer)
     extractor = instantiate(cfg.extractor, models=models, augment=augment, writer=writer)
-    summary = extractor.run(reader)
-    out = Path(cfg.paths.output_dir)
-    write_json(out / "summary.json", summary)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    return summary
+    return save_run(cfg, extractor.run(reader))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="extract")

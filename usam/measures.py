@@ -89,17 +89,12 @@ def mask_iou(pred: ArrayLike, gt: ArrayLike) -> Tensor:
         raise ValueError(
             f"pred {tuple(pred.shape)} and gt {tuple(gt.shape)} must end in the same (H, W)"
         )
-    n = pred.shape[-1] * pred.shape[-2]
-    if n <= 2**24 and (gt.ndim == 2 or (gt.ndim == pred.ndim and gt.shape[-3] == 1)):
-        # float32 counts are exact below 2**24 pixels; one matmul per mask is ~2x faster
-        # than summing the boolean intersection and union on a CPU
-        p = pred.flatten(-2).to(torch.float32)
-        g = gt.flatten(-2).to(torch.float32)
-        inter = p @ g if gt.ndim == 2 else (p @ g.transpose(-1, -2)).squeeze(-1)
-        union = p.sum(-1) + g.sum(-1) - inter
-    else:
-        inter = (pred & gt).sum((-2, -1))
-        union = (pred | gt).sum((-2, -1))
+    # counts of 0/1 bytes summed into int32 (int64 past 2**30 pixels, so a union cannot
+    # overflow): exact, and on a CPU faster than a float matmul or summing bool tensors
+    acc = torch.int32 if pred.shape[-1] * pred.shape[-2] < 2**30 else torch.int64
+    p, g = pred.view(torch.uint8), gt.view(torch.uint8)
+    inter = (p * g).sum((-2, -1), dtype=acc)
+    union = p.sum((-2, -1), dtype=acc) + g.sum((-2, -1), dtype=acc) - inter
     iou = inter.double() / union.clamp_min(1).double()
     return iou.float()
 

@@ -21,10 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from usam import CONF_DIR
-from usam.cli import run_stage
+from usam.cli import run_stage, save_run
 from usam.errors import UsamError
 from usam.mlp import TARGETS
-from usam.storage import write_json
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     overrides = list(HydraConfig.get().overrides.task)
     pipeline = hydra.utils.instantiate(cfg.pipeline)
     summary = pipeline.run(overrides, list(cfg.sam_model.sizes))
-    write_json(Path(cfg.paths.output_dir) / "summary.json", summary)
+    save_run(cfg, summary)
     for stage, folder in summary["run_folders"].items():
         log.info("%-9s -> %s", stage, folder)
     log.info("predictor bundles -> %s", summary["predictors"])

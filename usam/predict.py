@@ -17,12 +17,12 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from usam import CONF_DIR
-from usam.cli import run_stage
+from usam.cli import run_stage, save_run
 from usam.datasets.base import read_rgb
 from usam.errors import UsamError
 from usam.mlp import TARGETS
 from usam.predictor import Prediction, UncertainSAM, parse_checkpoint_name
-from usam.storage import atomic_path, write_json
+from usam.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +187,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ", ".join(f"{t}={_fmt(t, v)}" for t, v in summary["best_estimates"].items()),
         out,
     )
-    run_dir = Path(cfg.paths.output_dir)
-    write_json(run_dir / "summary.json", summary)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    return summary
+    return save_run(cfg, summary)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")

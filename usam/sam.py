@@ -330,6 +330,8 @@ class SamModel:
             dtype, shape = getattr(image, "dtype", ""), getattr(image, "shape", "")
             got = f"{type(image).__name__} {dtype} {shape}"
             raise UsamError(f"SamModel.set_image needs an H x W x 3 uint8 RGB array, got {got}")
+        if not image.flags.writeable:  # e.g. an albumentations flip; torch warns on those
+            image = image.copy()
         with torch.inference_mode(), self._autocast():
             self.predictor.set_image(image)
         self.encoder_passes += 1

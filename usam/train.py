@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from usam import CONF_DIR
-from usam.cli import run_stage
+from usam.cli import run_stage, save_run
 from usam.errors import UsamError
 from usam.mlp import TARGETS, UsamMLP, save_bundle
 from usam.sam import resolve_device
@@ -371,7 +371,7 @@ class Trainer:
 def run(cfg: DictConfig) -> dict[str, Any]:
     trainer = instantiate(cfg.trainer)
     hpo = instantiate(cfg.hpo)
-    return trainer.run(
+    summary = trainer.run(
         predictor=cfg.predictor,
         hpo=hpo,
         container=cfg.container,
@@ -380,6 +380,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_dir=cfg.paths.output_dir,
         dataset=cfg.dataset.name,
     )
+    return save_run(cfg, summary)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

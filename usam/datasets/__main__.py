@@ -7,7 +7,6 @@ instances and unreadable files; writes them to summary.json in the run folder.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -16,8 +15,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from usam import CONF_DIR
-from usam.cli import run_stage
-from usam.storage import write_json
+from usam.cli import run_stage, save_run
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +38,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         reader.name, reader.split, summary["images"], summary["instances"],
         summary["images_without_instances"], summary["unreadable"],
     )
-    write_json(Path(cfg.paths.output_dir) / "summary.json", summary)
-    return summary
+    return save_run(cfg, summary)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="datasets")
