@@ -132,6 +132,26 @@ def test_masks_are_upsampled_logits_above_zero_like_the_predictor(tiny):
         )
 
 
+def test_compiled_decoder_gives_the_same_outputs_and_tokens(tiny):
+    """sam_model.compile_decoder: same masks, scores, maps and captured tokens, any batch shape."""
+    from usam.sam import SamModel
+
+    # a second SamModel on a fresh copy of the same weights: compiling changes only `forward`
+    model = load_sam_model("tiny", None, TINY, random_weights=True, seed=0, image_size=256,
+                           device="cpu").model
+    compiled = SamModel(model, size="tiny", version="sam2.1", random_weights=True,
+                        compile_decoder=True)
+    assert compiled.compiled and not tiny.compiled
+    compiled.set_image(make_image())
+    dense = np.concatenate([POINTS[:3, 0][None], POINTS[1:4, 0][None]])  # 2 prompts x 3 points
+    for pts, labels in ((POINTS, LABELS), (POINTS[:1], LABELS[:1]), (dense, np.ones((2, 3)))):
+        want, got = tiny.decode(pts, labels), compiled.decode(pts, labels)
+        for name in ("scores", "low_res_probs", "iou_token", "mask_tokens"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-4, rtol=1e-4)
+        assert (got.masks != want.masks).float().mean() < 1e-3  # a pixel may flip at logit 0
+    assert compiled.model.sam_mask_decoder.state_dict().keys() == tiny.model.sam_mask_decoder.state_dict().keys()
+
+
 def test_batch_of_one_equals_batch_of_n_and_chunking(tiny):
     full = tiny.decode(POINTS, LABELS)
     ones = [tiny.decode(POINTS[i : i + 1], LABELS[i : i + 1]) for i in range(len(POINTS))]

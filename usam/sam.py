@@ -250,6 +250,7 @@ class SamModel:
         version: str,
         random_weights: bool = False,
         batch_size: int | None = None,
+        compile_decoder: bool = False,
     ):
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
@@ -274,6 +275,15 @@ class SamModel:
         self.encoder_passes = 0
         self._captured: dict[Any, torch.Tensor] | None = None
         self._hooks = self._install_hooks()
+        self.compiled = bool(compile_decoder)
+        if self.compiled:
+            # The decoder's cost is elementwise work on the image embedding it repeats per
+            # prompt, which inductor fuses (measured 2.4x per prompt on a CPU at 1024 px).
+            # Compiling `forward` (as sam2 does for its encoder) keeps the module and its
+            # state_dict as they are; the token hooks run inside the compiled graph.
+            # dynamic=True: one compilation for every batch size and point count.
+            decoder = model.sam_mask_decoder
+            decoder.forward = torch.compile(decoder.forward, dynamic=True)
 
     @property
     def low_res_size(self) -> int:
@@ -490,6 +500,7 @@ class SamModels:
         image_size: int | None = None,
         device: str = "auto",
         batch_size: int | None = None,
+        compile_decoder: bool = False,
     ):
         self.version = str(version)
         self.sizes = [str(s) for s in sizes]
@@ -540,6 +551,7 @@ class SamModels:
                 version=self.version,
                 random_weights=self.random_weights,
                 batch_size=batch_size,
+                compile_decoder=compile_decoder,
             )
             log.info(
                 "built SAM %s %s on %s (image size %d) in %.1f s",
