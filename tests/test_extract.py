@@ -187,7 +187,7 @@ def test_extract_sample_end_to_end(compose_cfg, tmp_path):
     summary = run(cfg)
     out = tmp_path / "inference" / "sample" / "val"
     assert summary["done"] == 6 and summary["failed"] == 0 and summary["instances"] == 18
-    assert summary["random_weights"] is True
+    assert summary["random_weights"] is True and summary["compiled_decoder"] is False
     assert summary["encoder_passes"] == 6 * 2  # images x variants, independent of instances
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["done"] == 6
     files = records(out)

@@ -118,6 +118,7 @@ class Extractor:
             "encoder_passes": sum(m.encoder_passes for m in self.models),
             "models": list(self.models.sizes), "variants": list(self.augment.names),
             "sam_version": self.models.version, "random_weights": self.models.random_weights,
+            "compiled_decoder": all(getattr(m, "compiled", False) for m in self.models),
         }
         log.info("extracted %d images (%d already done, %d failed), %d instances in %.1f s",
                  done, skipped, len(failed), instances, seconds)
