@@ -278,7 +278,7 @@ class SamModel:
         self.compiled = bool(compile_decoder)
         if self.compiled:
             # The decoder's cost is elementwise work on the image embedding it repeats per
-            # prompt, which inductor fuses (measured 2.4x per prompt on a CPU at 1024 px).
+            # prompt, which inductor fuses (measured: about 2x per prompt on a CPU at 1024 px).
             # Compiling `forward` (as sam2 does for its encoder) keeps the module and its
             # state_dict as they are; the token hooks run inside the compiled graph.
             # dynamic=True: one compilation for every batch size and point count.
