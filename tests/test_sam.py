@@ -305,32 +305,16 @@ def test_missing_checkpoints_listed_before_building(tmp_path, monkeypatch):
     monkeypatch.setattr(sam, "build_sam2_model", lambda *a, **k: pytest.fail("built a model"))
     (tmp_path / "sam2.1_hiera_small.pt").write_bytes(b"x")  # present: not listed
     names = {s: f"sam2.1_hiera_{s}.pt" for s in ("tiny", "small", "large")}
+    kw = dict(version="sam2.1", checkpoint_dir=tmp_path, checkpoints=names,
+              configs={s: TINY for s in names}, urls={}, sha256={}, device="cpu")
     with pytest.raises(UsamError) as err:
-        SamModels(
-            version="sam2.1",
-            sizes=["tiny", "small", "large"],
-            checkpoint_dir=tmp_path,
-            checkpoints=names,
-            configs={s: TINY for s in names},
-            urls={},
-            sha256={},
-            device="cpu",
-        )
+        SamModels(sizes=["tiny", "small", "large"], **kw)
     msg = str(err.value)
     assert str(tmp_path / names["tiny"]) in msg and str(tmp_path / names["large"]) in msg
     assert names["small"] not in msg
     assert "python -m usam.download_checkpoints sam_model=sam2.1" in msg
     with pytest.raises(UsamError, match="unknown"):
-        SamModels(
-            version="sam2.1",
-            sizes=["huge"],
-            checkpoint_dir=tmp_path,
-            checkpoints=names,
-            configs={s: TINY for s in names},
-            urls={},
-            sha256={},
-            device="cpu",
-        )
+        SamModels(sizes=["huge"], **kw)
     monkeypatch.undo()
     with pytest.raises(UsamError, match="not found.*sam_model=sam2.0"):
         load_sam_model("tiny", tmp_path / "nope.pt", TINY, version="sam2.0", device="cpu")
