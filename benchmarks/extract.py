@@ -64,8 +64,9 @@ def baseline(extractor: Extractor, images: list[Sample]) -> tuple[float, dict]:
     try:
         for s in images:
             for iid in sorted(i for i, m in s.masks.items() if m.any()):
-                pts = prompt_points(s.masks[iid], instance_rng(extractor.seed, s.name, iid),
-                                    extractor.n_samples)[None]
+                pts = prompt_points(
+                    s.masks[iid], instance_rng(extractor.seed, s.name, iid), extractor.n_samples
+                )[None]
                 stats = ImageStats(len(models), len(augment.names))
                 out = fields.setdefault((s.name, iid), {m.size: {} for m in models})
                 for vi, (variant, apply) in enumerate(augment):
@@ -91,17 +92,24 @@ def max_field_difference(records: dict, base: dict) -> float:
                 for variant, f in variants.items():
                     b = base[(name, inst["id"])][size][variant]
                     for field in FIELDS:
-                        u, v = np.asarray(f[field], np.float64)[k], np.asarray(b[field], np.float64)[0]
+                        u, v = (
+                            np.asarray(f[field], np.float64)[k],
+                            np.asarray(b[field], np.float64)[0],
+                        )
                         if np.isfinite(u) or np.isfinite(v):
                             worst = max(worst, abs(u - v))
     return worst
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", nargs="+", default=["tiny"], choices=SIZES)
     p.add_argument("--image-size", type=int, default=256, help="SAM input size (1024 = SAM's own)")
-    p.add_argument("--checkpoint-dir", default=None, help="real checkpoints; default: random weights")
+    p.add_argument(
+        "--checkpoint-dir", default=None, help="real checkpoints; default: random weights"
+    )
     p.add_argument("--version", default="sam2.1", choices=["sam2.1", "sam2.0"])
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--instances", type=int, default=6)
@@ -110,8 +118,11 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--augment", default="none", choices=["none", "paper", "flip"])
     p.add_argument("--repeat", type=int, default=3, help="rounds of the loops; medians are printed")
-    p.add_argument("--compile", action="store_true",
-                   help="also time usam with sam_model.compile_decoder=true (after a warm-up compile)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time usam with sam_model.compile_decoder=true (after a warm-up compile)",
+    )
     args = p.parse_args()
 
     from importlib.resources import files
@@ -120,20 +131,32 @@ def main() -> None:
 
     cfg = OmegaConf.load(str(files("usam") / "conf" / "sam_model" / "sam2.1.yaml"))
     if args.version == "sam2.0":
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(str(files("usam") / "conf" / "sam_model" / "sam2.0.yaml")))
+        cfg = OmegaConf.merge(
+            cfg, OmegaConf.load(str(files("usam") / "conf" / "sam_model" / "sam2.0.yaml"))
+        )
     cfg.pop("_target_"), cfg.pop("defaults", None)
     random = args.checkpoint_dir is None
-    cfg.update(sizes=list(args.sizes), random_weights=random, device=args.device,
-               image_size=None if args.image_size == 1024 else args.image_size,
-               checkpoint_dir=args.checkpoint_dir or "unused")
+    cfg.update(
+        sizes=list(args.sizes),
+        random_weights=random,
+        device=args.device,
+        image_size=None if args.image_size == 1024 else args.image_size,
+        checkpoint_dir=args.checkpoint_dir or "unused",
+    )
     images = synthetic_images(args.images, args.instances, (args.height, args.width))
     writer = RecordWriter(root="unused", dataset="bench", split="bench")
-    augment = instantiate(OmegaConf.load(str(files("usam") / "conf" / "augment" / f"{args.augment}.yaml")))
+    augment = instantiate(
+        OmegaConf.load(str(files("usam") / "conf" / "augment" / f"{args.augment}.yaml"))
+    )
     # the baseline always runs the plain decoder (the published code did not compile)
     variants = {"usam": False, "usam, compiled decoder": True} if args.compile else {"usam": False}
     extractors = {
-        label: Extractor(models=SamModels(**{**OmegaConf.to_container(cfg), "compile_decoder": c}),
-                         augment=augment, writer=writer, seed=0)
+        label: Extractor(
+            models=SamModels(**{**OmegaConf.to_container(cfg), "compile_decoder": c}),
+            augment=augment,
+            writer=writer,
+            seed=0,
+        )
         for label, c in variants.items()
     }
     plain = extractors["usam"]
@@ -164,16 +187,22 @@ def main() -> None:
 
     dev = next(iter(plain.models)).device
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(f"device={name} sizes={args.sizes} image_size={args.image_size} weights="
-          f"{'random' if random else 'checkpoint'} augment={args.augment} images={args.images} "
-          f"instances/image={args.instances} median of {args.repeat}")
-    print(f"{'baseline (re-encode per instance, one prompt per call)':56s} {med['baseline']:8.2f} s "
-          f"{med['baseline'] / args.images:7.3f} s/img  encoder passes {n_base}")
+    print(
+        f"device={name} sizes={args.sizes} image_size={args.image_size} weights="
+        f"{'random' if random else 'checkpoint'} augment={args.augment} images={args.images} "
+        f"instances/image={args.instances} median of {args.repeat}"
+    )
+    print(
+        f"{'baseline (re-encode per instance, one prompt per call)':56s} {med['baseline']:8.2f} s "
+        f"{med['baseline'] / args.images:7.3f} s/img  encoder passes {n_base}"
+    )
     for label in extractors:
-        print(f"{label + ' (encode once, batched prompts)':56s} {med[label]:8.2f} s "
-              f"{med[label] / args.images:7.3f} s/img  encoder passes {n_usam}  "
-              f"speed-up {med['baseline'] / med[label]:.2f}x  "
-              f"largest field difference {max_field_difference(records[label], fields_base):.1e}")
+        print(
+            f"{label + ' (encode once, batched prompts)':56s} {med[label]:8.2f} s "
+            f"{med[label] / args.images:7.3f} s/img  encoder passes {n_usam}  "
+            f"speed-up {med['baseline'] / med[label]:.2f}x  "
+            f"largest field difference {max_field_difference(records[label], fields_base):.1e}"
+        )
 
 
 if __name__ == "__main__":

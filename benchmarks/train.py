@@ -38,18 +38,36 @@ def build_container(root: Path, rows: int, instances: int = 10, templates: int =
     rng = np.random.default_rng(0)
     recs = []
     for _ in range(templates):  # a few distinct records, cycled: writing stays fast
-        fields = {m: {"original": {f: rng.uniform(0, 1, instances).tolist() for f in
-                                   ("iou", "unsupervised_iou", "iou_dense_prompt")}} for m in MODELS}
-        rec, tens = make_record("x.jpg", "x", instances=[(i + 1, 100) for i in range(instances)],
-                                models=MODELS, fields=fields)
+        fields = {
+            m: {
+                "original": {
+                    f: rng.uniform(0, 1, instances).tolist()
+                    for f in ("iou", "unsupervised_iou", "iou_dense_prompt")
+                }
+            }
+            for m in MODELS
+        }
+        rec, tens = make_record(
+            "x.jpg",
+            "x",
+            instances=[(i + 1, 100) for i in range(instances)],
+            models=MODELS,
+            fields=fields,
+        )
         for m in MODELS:
             tens[f"{m}/original/iou_token"] = rng.normal(size=(instances, 256)).astype(np.float32)
-            tens[f"{m}/original/mask_tokens"] = rng.normal(size=(instances, 3, 256)).astype(np.float32)
+            tens[f"{m}/original/mask_tokens"] = rng.normal(size=(instances, 3, 256)).astype(
+                np.float32
+            )
         recs.append((rec, tens))
     images = -(-rows // (len(MODELS) * instances))
     for k in range(images):
         rec, tens = recs[k % templates]
-        rec = {**rec, "name": f"JPEGImages/v{k // 10:05d}/{k % 10:05d}.jpg", "group": f"v{k // 10:05d}"}
+        rec = {
+            **rec,
+            "name": f"JPEGImages/v{k // 10:05d}/{k % 10:05d}.jpg",
+            "group": f"v{k // 10:05d}",
+        }
         write_record(root / "records", rec, tens)
     from usam.container import ContainerWriter
 
@@ -68,7 +86,9 @@ class PerSampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         x = torch.cat([torch.from_numpy(self.tokens[i, 0]), torch.from_numpy(self.tokens[i, 1])])
-        y = torch.tensor(min(max(float(self.target[i]) + self.shift, 0.0), 1.0), dtype=torch.float32)
+        y = torch.tensor(
+            min(max(float(self.target[i]) + self.shift, 0.0), 1.0), dtype=torch.float32
+        )
         return x, y
 
 
@@ -77,9 +97,15 @@ def naive_fit(dataset, hp: dict, device: torch.device, seed: int = 0) -> list[fl
 
     torch.manual_seed(seed)
     model = UsamMLP().to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"], weight_decay=0.001)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=hp["batch_size"], shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.SGD(
+        model.parameters(), lr=hp["lr"], momentum=hp["momentum"], weight_decay=0.001
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=hp["batch_size"],
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     seconds = []
     for _ in range(hp["epochs"]):
         start, total = time.perf_counter(), 0.0
@@ -95,12 +121,16 @@ def naive_fit(dataset, hp: dict, device: torch.device, seed: int = 0) -> list[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--target", default="iou_large")
     parser.add_argument("--dataset", default="davis", help="whose tuned hyperparameters to use")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--smac-trials", type=int, default=0)
     parser.add_argument("--smac-rows", type=int, default=10_000)
@@ -144,9 +174,13 @@ def main() -> None:
 
     fast, naive = float(np.mean(epochs_fast)), float(np.mean(epochs_naive))
     result = {
-        "rows": len(x), "device": args.device, "threads": torch.get_num_threads(),
-        "hyperparameters": hp, "container_build_s": round(build_s, 1),
-        "usam_s_per_epoch": round(fast, 3), "per_sample_dataloader_s_per_epoch": round(naive, 3),
+        "rows": len(x),
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "hyperparameters": hp,
+        "container_build_s": round(build_s, 1),
+        "usam_s_per_epoch": round(fast, 3),
+        "per_sample_dataloader_s_per_epoch": round(naive, 3),
         "speedup": round(naive / fast, 2),
     }
     print(json.dumps(result, indent=1), flush=True)
@@ -156,12 +190,23 @@ def main() -> None:
 
         k = args.smac_rows
         n_val = max(1, round(k * len(data.y_val) / len(y)))
-        small = Data(data.x_train[: k - n_val], data.y_train[: k - n_val], data.x_val[:n_val], data.y_val[:n_val])
+        small = Data(
+            data.x_train[: k - n_val],
+            data.y_train[: k - n_val],
+            data.x_val[:n_val],
+            data.y_val[:n_val],
+        )
         start = time.perf_counter()
         _, info = SmacHPO(n_trials=args.smac_trials, progress=True).search(
-            Objective(trainer, small, hp), hp, out_dir=work / "smac", name=args.target)
-        smac = {"smac_trials": info["trials_run"], "rows": k, "wall_s": round(time.perf_counter() - start, 1),
-                "best_loss": round(info["best_loss"], 5), "incumbent": info["incumbent"]}
+            Objective(trainer, small, hp), hp, out_dir=work / "smac", name=args.target
+        )
+        smac = {
+            "smac_trials": info["trials_run"],
+            "rows": k,
+            "wall_s": round(time.perf_counter() - start, 1),
+            "best_loss": round(info["best_loss"], 5),
+            "incumbent": info["incumbent"],
+        }
         print(json.dumps(smac, indent=1))
 
 

@@ -15,10 +15,27 @@ import shlex
 import sys
 from pathlib import Path
 
-DATASETS = {"davis": "davis", "mose": "mose", "sav": "sav", "sa-v": "sav", "ade20k": "ade20k",
-            "ade": "ade20k", "coco": "coco", "sample": "sample"}
-SPLITS = {"train": "train", "training": "train", "train2017": "train", "val": "val", "valid": "val",
-          "validation": "val", "val2017": "val", "test": "test", "test-dev": "test"}
+DATASETS = {
+    "davis": "davis",
+    "mose": "mose",
+    "sav": "sav",
+    "sa-v": "sav",
+    "ade20k": "ade20k",
+    "ade": "ade20k",
+    "coco": "coco",
+    "sample": "sample",
+}
+SPLITS = {
+    "train": "train",
+    "training": "train",
+    "train2017": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "val2017": "val",
+    "test": "test",
+    "test-dev": "test",
+}
 SIZES = ("tiny", "small", "base_plus", "large")
 
 
@@ -34,12 +51,17 @@ def sam_version(model_root: Path) -> str:
 def overrides(args: argparse.Namespace) -> list[str]:
     dataset = DATASETS.get(args.dataset.lower())
     if dataset is None:
-        raise SystemExit(f"--dataset {args.dataset!r}: expected one of DAVIS, MOSE, SAV, ADE20k, COCO")
+        raise SystemExit(
+            f"--dataset {args.dataset!r}: expected one of DAVIS, MOSE, SAV, ADE20k, COCO"
+        )
     split = SPLITS.get(args.split.lower())
     if split is None:
         raise SystemExit(f"--split {args.split!r}: expected train, val or test")
-    out = [f"dataset={dataset}", f"dataset.split={split}",
-           f"augment={'none' if args.skip_augs else 'paper'}"]
+    out = [
+        f"dataset={dataset}",
+        f"dataset.split={split}",
+        f"augment={'none' if args.skip_augs else 'paper'}",
+    ]
     if args.root:
         out.append(f"dataset.root={Path(args.root).resolve()}")
     if args.output_dir:
@@ -65,19 +87,29 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dataset", required=True, help="DAVIS, MOSE, SAV, ADE20k or COCO")
-    p.add_argument("--output-dir", help="where the records go (default: $USAM_INFERENCE/<dataset>/<split>)")
-    p.add_argument("--split", default="val", help="train, val or test (dataset names such as valid work)")
+    p.add_argument(
+        "--output-dir", help="where the records go (default: $USAM_INFERENCE/<dataset>/<split>)"
+    )
+    p.add_argument(
+        "--split", default="val", help="train, val or test (dataset names such as valid work)"
+    )
     p.add_argument("--model-root", help="folder with the SAM 2 checkpoints")
-    p.add_argument("--config-root", help="folder with the SAM 2 model YAMLs (default: the sam2 package's)")
+    p.add_argument(
+        "--config-root", help="folder with the SAM 2 model YAMLs (default: the sam2 package's)"
+    )
     p.add_argument("--root", help="dataset root")
     p.add_argument("--skip-augs", action="store_true", help="original images only (augment=none)")
     p.add_argument("--start", type=int, default=0, help="first image index (after --sample)")
     p.add_argument("--end", type=int, default=None, help="one past the last image index")
     p.add_argument("--sample", type=int, default=1, help="keep every k-th frame")
     p.add_argument("--train-subsets", nargs="+", help="SA-V: sav_NNN folders to read")
-    p.add_argument("--print-overrides", action="store_true", help="print the usam.extract command and exit")
+    p.add_argument(
+        "--print-overrides", action="store_true", help="print the usam.extract command and exit"
+    )
     p.add_argument("overrides", nargs="*", help="further Hydra overrides, passed through")
     return p.parse_args(argv)
 

@@ -85,7 +85,10 @@ def outline(
     # evenly spread angles with jitter: an irregular but compact, non-convex outline
     angles = np.linspace(0, 2 * np.pi, 7, endpoint=False) + rng.uniform(-0.3, 0.3, 7)
     radii = rng.uniform(0.55, 1.0, 7)
-    return [(cx + r * rx * np.cos(t), cy + r * ry * np.sin(t)) for t, r in zip(angles, radii, strict=True)]
+    return [
+        (cx + r * rx * np.cos(t), cy + r * ry * np.sin(t))
+        for t, r in zip(angles, radii, strict=True)
+    ]
 
 
 def shape_mask(

@@ -16,8 +16,17 @@ import runpy
 import sys
 from pathlib import Path
 
-TARGETS = ["iou_tiny", "iou_small", "iou_base_plus", "iou_large", "iou_dense_prompt",
-           "unsupervised_iou", "model_gap", "task_gap", "prompt_gap"]
+TARGETS = [
+    "iou_tiny",
+    "iou_small",
+    "iou_base_plus",
+    "iou_large",
+    "iou_dense_prompt",
+    "unsupervised_iou",
+    "model_gap",
+    "task_gap",
+    "prompt_gap",
+]
 
 
 def quote(value: str) -> str:
@@ -34,17 +43,35 @@ def container_path(value: str) -> str:
 
 
 def overrides(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-data", required=True, help="training container (python -m usam.container)")
-    parser.add_argument("--val-data", help="validation container (default: 20%% of the groups of --train-data)")
-    parser.add_argument("--output-dir", required=True, help="bundles are written to <output-dir>/<target>/")
-    parser.add_argument("--skip-smac", action="store_true", help="no search: the paper's tuned values")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--train-data", required=True, help="training container (python -m usam.container)"
+    )
+    parser.add_argument(
+        "--val-data", help="validation container (default: 20%% of the groups of --train-data)"
+    )
+    parser.add_argument(
+        "--output-dir", required=True, help="bundles are written to <output-dir>/<target>/"
+    )
+    parser.add_argument(
+        "--skip-smac", action="store_true", help="no search: the paper's tuned values"
+    )
     parser.add_argument("--n-trials", type=int, help="SMAC trials per target (default 100)")
-    parser.add_argument("--multi-fidelity", action="store_true", help="SMAC with Hyperband over epochs")
-    parser.add_argument("--metrics", nargs="+", default=TARGETS, help="targets to train (default: all nine)")
-    parser.add_argument("--filter-model", help="train on the rows of this SAM model only (tiny ... large)")
+    parser.add_argument(
+        "--multi-fidelity", action="store_true", help="SMAC with Hyperband over epochs"
+    )
+    parser.add_argument(
+        "--metrics", nargs="+", default=TARGETS, help="targets to train (default: all nine)"
+    )
+    parser.add_argument(
+        "--filter-model", help="train on the rows of this SAM model only (tiny ... large)"
+    )
     parser.add_argument("--no-augmented", action="store_true", help="rows of original images only")
-    parser.add_argument("hydra_overrides", nargs="*", help="more overrides after --, e.g. device=cpu")
+    parser.add_argument(
+        "hydra_overrides", nargs="*", help="more overrides after --, e.g. device=cpu"
+    )
     args = parser.parse_args(argv)
     metrics = [m for item in args.metrics for m in item.split(",") if m]
     unknown = [m for m in metrics if m not in TARGETS]

@@ -20,15 +20,26 @@ from usam.sam import SamModels
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 TINY = {
-    "version": "sam2.1", "sizes": ["tiny"], "checkpoint_dir": "unused", "checkpoints": {},
-    "configs": {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml"}, "urls": {}, "sha256": {},
-    "random_weights": True, "seed": 0, "image_size": 256,
+    "version": "sam2.1",
+    "sizes": ["tiny"],
+    "checkpoint_dir": "unused",
+    "checkpoints": {},
+    "configs": {"tiny": "configs/sam2.1/sam2.1_hiera_t.yaml"},
+    "urls": {},
+    "sha256": {},
+    "random_weights": True,
+    "seed": 0,
+    "image_size": 256,
 }
 
 
 def extract(device: str, compile_decoder: bool = False) -> tuple[dict, dict]:
     models = SamModels(**TINY, device=device, compile_decoder=compile_decoder)
-    ex = Extractor(models=models, augment=Augmentations(), writer=RecordWriter(root="unused", dataset="s", split="v"))
+    ex = Extractor(
+        models=models,
+        augment=Augmentations(),
+        writer=RecordWriter(root="unused", dataset="s", split="v"),
+    )
     sample = next(iter(SampleDataset()))
     return ex.process(sample)
 
@@ -47,7 +58,14 @@ def test_extraction_on_cuda_agrees_with_cpu(compile_decoder):
         assert tens_gpu[key].dtype == np.float32 and tens_gpu[key].shape == t.shape
         assert cosine(tens_gpu[key], t) > 0.99, key
     f_cpu, f_gpu = rec_cpu["fields"]["tiny"]["original"], rec_gpu["fields"]["tiny"]["original"]
-    for field in ("iou", "unsupervised_iou", "iou_dense_prompt", "sam_score", "entropy", "h_prompt"):
+    for field in (
+        "iou",
+        "unsupervised_iou",
+        "iou_dense_prompt",
+        "sam_score",
+        "entropy",
+        "h_prompt",
+    ):
         a, b = np.asarray(f_cpu[field], float), np.asarray(f_gpu[field], float)
         assert np.isfinite(b).all() and np.abs(a - b).mean() < 0.05, field
 

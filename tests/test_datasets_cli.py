@@ -74,7 +74,9 @@ def test_run_on_a_shard_of_the_sample(tmp_path):
 def test_run_raises_usam_error_for_a_bad_root(tmp_path):
     cfg = config(
         tmp_path,
-        "dataset=davis", f"dataset.root={tmp_path / 'nope'}", f"paths.output_dir={tmp_path}"
+        "dataset=davis",
+        f"dataset.root={tmp_path / 'nope'}",
+        f"paths.output_dir={tmp_path}",
     )
     # hydra.utils.instantiate wraps the reader's UsamError; run_stage finds it through __cause__
     with pytest.raises(Exception) as err:

@@ -97,8 +97,11 @@ def hand_case(tmp_path):
     other[:, 5:] = True
     sample = Sample(image=image, masks={3: GT, 9: other}, name="v/00000.jpg", group="v")
     models = FakeModels([FakeModel("tiny", 1.0), FakeModel("large", 0.5)])
-    ex = Extractor(models=models, augment=TwoVariants(),
-                   writer=RecordWriter(root=tmp_path, dataset="d", split="val"))
+    ex = Extractor(
+        models=models,
+        augment=TwoVariants(),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+    )
     record, tensors = ex.process(sample)
     return record, tensors, models
 
@@ -106,7 +109,12 @@ def hand_case(tmp_path):
 def test_fields_known_by_hand(hand_case):
     record, tensors, models = hand_case
     f = record["fields"]
-    c0 = {("tiny", "original"): 0.8, ("tiny", "dark"): 0.4, ("large", "original"): 0.4, ("large", "dark"): 0.2}
+    c0 = {
+        ("tiny", "original"): 0.8,
+        ("tiny", "dark"): 0.4,
+        ("large", "original"): 0.4,
+        ("large", "dark"): 0.2,
+    }
     for m in ("tiny", "large"):
         for v in ("original", "dark"):
             x = f[m][v]
@@ -122,10 +130,16 @@ def test_fields_known_by_hand(hand_case):
             # score-weighted mixture of the 3 constant maps
             p_task = 0.2 * c0[m, v] + 0.7 * 0.2 + 0.1 * 0.9
             assert x["h_task"][0] == pytest.approx(h(p_task), abs=1e-5)
-            assert x["h_prompt"][0] == pytest.approx(h(c0[m, v]), abs=1e-5)  # same best map for all 8
+            assert x["h_prompt"][0] == pytest.approx(
+                h(c0[m, v]), abs=1e-5
+            )  # same best map for all 8
             # over the two variants of this model / the two models of this variant
-            assert x["h_augmentation"][0] == pytest.approx(h((c0[m, "original"] + c0[m, "dark"]) / 2), abs=1e-5)
-            assert x["h_theta"][0] == pytest.approx(h((c0["tiny", v] + c0["large", v]) / 2), abs=1e-5)
+            assert x["h_augmentation"][0] == pytest.approx(
+                h((c0[m, "original"] + c0[m, "dark"]) / 2), abs=1e-5
+            )
+            assert x["h_theta"][0] == pytest.approx(
+                h((c0["tiny", v] + c0["large", v]) / 2), abs=1e-5
+            )
             mix = np.mean([0.2 * c + 0.7 * 0.2 + 0.1 * 0.9 for c in c0.values()])
             assert x["h_all"][0] == pytest.approx(h(mix), abs=1e-5)
             # the second instance (right 3 columns) overlaps mask 0 nowhere, the full image 24/64
@@ -153,23 +167,31 @@ def test_meaningless_fields_are_nan(tmp_path):
     sample = Sample(image=image, masks={1: GT}, name="a.jpg", group="a")
     from usam.augment import Augmentations
 
-    ex = Extractor(models=FakeModels([FakeModel("tiny", 1.0)]), augment=Augmentations(),
-                   writer=RecordWriter(root=tmp_path, dataset="d", split="val"))
+    ex = Extractor(
+        models=FakeModels([FakeModel("tiny", 1.0)]),
+        augment=Augmentations(),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+    )
     record, _ = ex.process(sample)
     x = record["fields"]["tiny"]["original"]
     assert np.isnan(x["h_augmentation"][0]) and np.isnan(x["h_theta"][0])
     assert x["h_all"][0] == pytest.approx(h(0.2 * 0.8 + 0.14 + 0.09), abs=1e-5)
     ex.writer.write(sample.name, record, {})
     stored = json.loads((tmp_path / "a.json").read_text())
-    assert stored["fields"]["tiny"]["original"]["h_augmentation"] == [None]  # NaN -> null, strict JSON
+    assert stored["fields"]["tiny"]["original"]["h_augmentation"] == [
+        None
+    ]  # NaN -> null, strict JSON
 
 
 def test_image_without_instances_gets_an_empty_record(tmp_path):
     models = FakeModels([FakeModel("tiny", 1.0)])
     from usam.augment import Augmentations
 
-    ex = Extractor(models=models, augment=Augmentations(),
-                   writer=RecordWriter(root=tmp_path, dataset="d", split="val"))
+    ex = Extractor(
+        models=models,
+        augment=Augmentations(),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+    )
     record, tensors = ex.process(Sample(np.zeros((4, 4, 3), np.uint8), {}, "e.jpg", "e"))
     assert record["instances"] == [] and tensors == {} and models[0].encoder_passes == 0
 
@@ -191,16 +213,31 @@ def test_extract_sample_end_to_end(compose_cfg, tmp_path):
     assert summary["encoder_passes"] == 6 * 2  # images x variants, independent of instances
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["done"] == 6
     files = records(out)
-    assert [p.relative_to(out).as_posix() for p in files][:1] == ["JPEGImages/480p/shapes-a/00000.json"]
+    assert [p.relative_to(out).as_posix() for p in files][:1] == [
+        "JPEGImages/480p/shapes-a/00000.json"
+    ]
     rec = json.loads(files[0].read_text())
     assert rec["random_weights"] is True and rec["variants"] == ["original", "hflip"]
-    for field in ("iou", "sam_score", "unsupervised_iou", "unsupervised_sam_score", "iou_dense_prompt",
-                  "entropy", "h_task", "h_prompt", "h_augmentation", "h_all"):
+    for field in (
+        "iou",
+        "sam_score",
+        "unsupervised_iou",
+        "unsupervised_sam_score",
+        "iou_dense_prompt",
+        "entropy",
+        "h_task",
+        "h_prompt",
+        "h_augmentation",
+        "h_all",
+    ):
         vals = rec["fields"]["tiny"]["original"][field]
         assert len(vals) == 3 and all(v is not None and 0 <= v <= 1 for v in vals), field
     assert rec["fields"]["tiny"]["hflip"]["h_theta"] == [None] * 3  # one model: no model axis
     t = read_tensors(files[0].with_suffix(".safetensors"))
-    assert t["tiny/hflip/mask_tokens"].shape == (3, 3, 256) and np.isfinite(t["tiny/hflip/mask_tokens"]).all()
+    assert (
+        t["tiny/hflip/mask_tokens"].shape == (3, 3, 256)
+        and np.isfinite(t["tiny/hflip/mask_tokens"]).all()
+    )
     assert not list(out.rglob("*.tmp-*"))
 
 
@@ -220,7 +257,9 @@ def test_record_matches_a_direct_decode(compose_cfg):
     dec = model.decode(pts, np.ones((len(pts), 1), np.int64))
     np.testing.assert_allclose(t["tiny/original/iou_token"], dec.iou_token.numpy(), atol=1e-4)
     np.testing.assert_allclose(t["tiny/original/mask_tokens"], dec.mask_tokens.numpy(), atol=1e-4)
-    np.testing.assert_allclose(rec["fields"]["tiny"]["original"]["scores"], dec.scores.numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        rec["fields"]["tiny"]["original"]["scores"], dec.scores.numpy(), atol=1e-4
+    )
     for k, inst in enumerate(rec["instances"]):
         gt = sample.masks[inst["id"]]
         for j in range(3):
@@ -268,9 +307,13 @@ def test_corrupt_image_is_skipped_and_reported(compose_cfg, tmp_path):
 def test_shards_are_disjoint_and_cover_the_split(compose_cfg, tmp_path):
     names = []
     for i in range(3):
-        cfg = compose_cfg("extract", FAST + [f"shard.index={i}", "shard.count=3", f"out_dir={tmp_path}/s{i}"])
+        cfg = compose_cfg(
+            "extract", FAST + [f"shard.index={i}", "shard.count=3", f"out_dir={tmp_path}/s{i}"]
+        )
         assert run(cfg)["done"] == 2
-        names.append({p.relative_to(tmp_path / f"s{i}").as_posix() for p in records(tmp_path / f"s{i}")})
+        names.append(
+            {p.relative_to(tmp_path / f"s{i}").as_posix() for p in records(tmp_path / f"s{i}")}
+        )
     assert not (names[0] & names[1]) and not (names[1] & names[2]) and not (names[0] & names[2])
     assert len(names[0] | names[1] | names[2]) == 6
 
@@ -287,8 +330,17 @@ def test_refuses_to_run_without_checkpoints(compose_cfg, tmp_path):
 
 def test_cli_refusal_is_one_line(tmp_path):
     res = subprocess.run(
-        [sys.executable, "-m", "usam.extract", f"paths.checkpoints={tmp_path}", f"paths.log_dir={tmp_path}/o"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "usam.extract",
+            f"paths.checkpoints={tmp_path}",
+            f"paths.log_dir={tmp_path}/o",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert res.returncode == 1
     assert "Traceback" not in res.stderr and "download_checkpoints" in res.stderr
@@ -303,27 +355,70 @@ def test_seed_flags_translate_to_overrides(tmp_path):
     ckpt = tmp_path / "checkpoints_2.0"
     ckpt.mkdir()
     (ckpt / "sam2_hiera_tiny.pt").touch()
-    args = seed.parse(["--dataset", "DAVIS", "--output-dir", str(tmp_path / "out"), "--split", "test-dev",
-                       "--model-root", str(ckpt), "--root", str(tmp_path / "DAVIS"), "--skip-augs",
-                       "--start", "2", "--end", "5", "--sample", "3"])
+    args = seed.parse(
+        [
+            "--dataset",
+            "DAVIS",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--split",
+            "test-dev",
+            "--model-root",
+            str(ckpt),
+            "--root",
+            str(tmp_path / "DAVIS"),
+            "--skip-augs",
+            "--start",
+            "2",
+            "--end",
+            "5",
+            "--sample",
+            "3",
+        ]
+    )
     ovr = seed.overrides(args)
     assert ovr == [
-        "dataset=davis", "dataset.split=test", "augment=none", f"dataset.root={tmp_path / 'DAVIS'}",
-        f"out_dir={tmp_path / 'out'}", "sam_model=sam2.0", f"sam_model.checkpoint_dir={ckpt}",
-        "dataset.sample=3", "++dataset.start=2", "++dataset.end=5",
+        "dataset=davis",
+        "dataset.split=test",
+        "augment=none",
+        f"dataset.root={tmp_path / 'DAVIS'}",
+        f"out_dir={tmp_path / 'out'}",
+        "sam_model=sam2.0",
+        f"sam_model.checkpoint_dir={ckpt}",
+        "dataset.sample=3",
+        "++dataset.start=2",
+        "++dataset.end=5",
     ]
-    args = seed.parse(["--dataset", "SAV", "--split", "train", "--train-subsets", "sav_000", "sav_001"])
+    args = seed.parse(
+        ["--dataset", "SAV", "--split", "train", "--train-subsets", "sav_000", "sav_001"]
+    )
     assert "dataset.train_subsets=[sav_000,sav_001]" in seed.overrides(args)
     assert "augment=paper" in seed.overrides(args)
 
 
 def test_seed_script_runs_the_stage(tmp_path):
     res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "augment_dataset.py"), "--dataset", "sample",
-         "--output-dir", str(tmp_path / "out"), "--skip-augs", "--start", "1", "--end", "3",
-         "sam_model=random", "sam_model.sizes=[tiny]", "sam_model.image_size=128",
-         f"paths.log_dir={tmp_path / 'o'}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "augment_dataset.py"),
+            "--dataset",
+            "sample",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--skip-augs",
+            "--start",
+            "1",
+            "--end",
+            "3",
+            "sam_model=random",
+            "sam_model.sizes=[tiny]",
+            "sam_model.image_size=128",
+            f"paths.log_dir={tmp_path / 'o'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().splitlines()[-1])["done"] == 2
@@ -335,6 +430,10 @@ def test_record_names_with_dots_keep_their_stem(tmp_path):
     w.write("v/frame.001.jpg", {"instances": []}, {})
     w.write("v/frame.002.jpg", {"instances": []}, {})
     assert sorted(p.name for p in (tmp_path / "v").iterdir()) == [
-        "frame.001.json", "frame.001.safetensors", "frame.002.json", "frame.002.safetensors"]
+        "frame.001.json",
+        "frame.001.safetensors",
+        "frame.002.json",
+        "frame.002.safetensors",
+    ]
     assert w.done("v/frame.001.jpg") and w.done("v/frame.002.jpg")
     assert w.read("v/frame.002.jpg")["dataset"] == "d"

@@ -14,7 +14,12 @@ from usam.train import run
 
 pytest.importorskip("smac", reason="smac is not installed: pip install smac (see README)")
 
-SMALL = ["hpo.epochs=[1,3]", "hpo.batch_size=[8,32]", "trainer.progress=false", "hpo.progress=false"]
+SMALL = [
+    "hpo.epochs=[1,3]",
+    "hpo.batch_size=[8,32]",
+    "trainer.progress=false",
+    "hpo.progress=false",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,20 +42,38 @@ def test_smac_incumbent_is_the_best_trial(tmp_path):
         seen.append(hp)
         return bowl(hp)
 
-    base = {"lr": 1.0, "epochs": 1, "batch_size": 1, "momentum": 0.0, "weight_decay": 0.001, "hidden": [4]}
-    best, info = SmacHPO(n_trials=6, progress=False).search(objective, base, out_dir=tmp_path, name="t")
+    base = {
+        "lr": 1.0,
+        "epochs": 1,
+        "batch_size": 1,
+        "momentum": 0.0,
+        "weight_decay": 0.001,
+        "hidden": [4],
+    }
+    best, info = SmacHPO(n_trials=6, progress=False).search(
+        objective, base, out_dir=tmp_path, name="t"
+    )
     assert info["trials_run"] == len(seen) == 6
     assert info["best_loss"] == min(info["trial_losses"]) == pytest.approx(bowl(best))
     # searched keys come from the space, the rest from the configured values
     assert best["weight_decay"] == 0.001 and best["hidden"] == [4]
-    assert 1e-4 <= best["lr"] <= 0.1 and 5 <= best["epochs"] <= 80 and 16 <= best["batch_size"] <= 256
+    assert (
+        1e-4 <= best["lr"] <= 0.1 and 5 <= best["epochs"] <= 80 and 16 <= best["batch_size"] <= 256
+    )
     assert (tmp_path / "t" / "0" / "runhistory.json").is_file()
 
 
 def test_smac_run_saves_the_incumbent(tmp_path, compose_cfg):
     container = hand_container(tmp_path, groups=5)
-    cfg = train_cfg(compose_cfg, container, "predictor=task_gap", "hpo=smac", "hpo.n_trials=3", *SMALL,
-                    f"out_dir={tmp_path / 'models'}")
+    cfg = train_cfg(
+        compose_cfg,
+        container,
+        "predictor=task_gap",
+        "hpo=smac",
+        "hpo.n_trials=3",
+        *SMALL,
+        f"out_dir={tmp_path / 'models'}",
+    )
     summary = run(cfg)
     hpo = summary["hpo"]
     assert hpo["method"] == "smac" and hpo["trials_run"] == 3
@@ -72,8 +95,17 @@ def test_smac_run_saves_the_incumbent(tmp_path, compose_cfg):
 
 def test_hyperband_run_saves_the_incumbent(tmp_path, compose_cfg):
     container = hand_container(tmp_path, groups=5)
-    cfg = train_cfg(compose_cfg, container, "predictor=iou_large", "hpo=smac_hyperband", "hpo.n_trials=5",
-                    "hpo.min_budget=1", "hpo.max_budget=3", *SMALL, f"out_dir={tmp_path / 'models'}")
+    cfg = train_cfg(
+        compose_cfg,
+        container,
+        "predictor=iou_large",
+        "hpo=smac_hyperband",
+        "hpo.n_trials=5",
+        "hpo.min_budget=1",
+        "hpo.max_budget=3",
+        *SMALL,
+        f"out_dir={tmp_path / 'models'}",
+    )
     summary = run(cfg)
     assert summary["hpo"]["method"] == "smac_hyperband" and summary["hpo"]["trials_run"] == 5
     config = json.loads((tmp_path / "models" / "iou_large" / "config.json").read_text())
@@ -88,12 +120,22 @@ def test_hyperband_run_saves_the_incumbent(tmp_path, compose_cfg):
 
 def test_parallel_trials_through_dask(tmp_path, compose_cfg):
     container = hand_container(tmp_path, groups=5)
-    cfg = train_cfg(compose_cfg, container, "predictor=iou_tiny", "hpo=smac", "hpo.n_trials=4",
-                    "hpo.n_workers=2", *SMALL, f"out_dir={tmp_path / 'models'}")
+    cfg = train_cfg(
+        compose_cfg,
+        container,
+        "predictor=iou_tiny",
+        "hpo=smac",
+        "hpo.n_trials=4",
+        "hpo.n_workers=2",
+        *SMALL,
+        f"out_dir={tmp_path / 'models'}",
+    )
     hpo = run(cfg)["hpo"]
     assert hpo["trials_run"] == 4 and hpo["best_loss"] == min(hpo["trial_losses"])
     # every sent trial came back under its own configuration (none left "running")
-    history = json.loads((tmp_path / "run" / "hpo" / "iou_tiny" / "0" / "runhistory.json").read_text())
+    history = json.loads(
+        (tmp_path / "run" / "hpo" / "iou_tiny" / "0" / "runhistory.json").read_text()
+    )
     assert history["stats"] == {"submitted": 4, "finished": 4, "running": 0}
 
 

@@ -137,19 +137,26 @@ def test_compiled_decoder_gives_the_same_outputs_and_tokens(tiny):
     from usam.sam import SamModel
 
     # a second SamModel on a fresh copy of the same weights: compiling changes only `forward`
-    model = load_sam_model("tiny", None, TINY, random_weights=True, seed=0, image_size=256,
-                           device="cpu").model
-    compiled = SamModel(model, size="tiny", version="sam2.1", random_weights=True,
-                        compile_decoder=True)
+    model = load_sam_model(
+        "tiny", None, TINY, random_weights=True, seed=0, image_size=256, device="cpu"
+    ).model
+    compiled = SamModel(
+        model, size="tiny", version="sam2.1", random_weights=True, compile_decoder=True
+    )
     assert compiled.compiled and not tiny.compiled
     compiled.set_image(make_image())
     dense = np.concatenate([POINTS[:3, 0][None], POINTS[1:4, 0][None]])  # 2 prompts x 3 points
     for pts, labels in ((POINTS, LABELS), (POINTS[:1], LABELS[:1]), (dense, np.ones((2, 3)))):
         want, got = tiny.decode(pts, labels), compiled.decode(pts, labels)
         for name in ("scores", "low_res_probs", "iou_token", "mask_tokens"):
-            torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                getattr(got, name), getattr(want, name), atol=1e-4, rtol=1e-4
+            )
         assert (got.masks != want.masks).float().mean() < 1e-3  # a pixel may flip at logit 0
-    assert compiled.model.sam_mask_decoder.state_dict().keys() == tiny.model.sam_mask_decoder.state_dict().keys()
+    assert (
+        compiled.model.sam_mask_decoder.state_dict().keys()
+        == tiny.model.sam_mask_decoder.state_dict().keys()
+    )
 
 
 def test_batch_of_one_equals_batch_of_n_and_chunking(tiny):
@@ -305,8 +312,15 @@ def test_missing_checkpoints_listed_before_building(tmp_path, monkeypatch):
     monkeypatch.setattr(sam, "build_sam2_model", lambda *a, **k: pytest.fail("built a model"))
     (tmp_path / "sam2.1_hiera_small.pt").write_bytes(b"x")  # present: not listed
     names = {s: f"sam2.1_hiera_{s}.pt" for s in ("tiny", "small", "large")}
-    kw = dict(version="sam2.1", checkpoint_dir=tmp_path, checkpoints=names,
-              configs={s: TINY for s in names}, urls={}, sha256={}, device="cpu")
+    kw = dict(
+        version="sam2.1",
+        checkpoint_dir=tmp_path,
+        checkpoints=names,
+        configs={s: TINY for s in names},
+        urls={},
+        sha256={},
+        device="cpu",
+    )
     with pytest.raises(UsamError) as err:
         SamModels(sizes=["tiny", "small", "large"], **kw)
     msg = str(err.value)

@@ -28,16 +28,39 @@ from usam.train import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET_NAMES = ["iou_tiny", "iou_small", "iou_base_plus", "iou_large", "iou_dense_prompt",
-                "unsupervised_iou", "model_gap", "task_gap", "prompt_gap"]
-FAST = ["predictor.batch_size=32", "predictor.epochs=3", "predictor.lr=0.05", "predictor.momentum=0.9"]
+TARGET_NAMES = [
+    "iou_tiny",
+    "iou_small",
+    "iou_base_plus",
+    "iou_large",
+    "iou_dense_prompt",
+    "unsupervised_iou",
+    "model_gap",
+    "task_gap",
+    "prompt_gap",
+]
+FAST = [
+    "predictor.batch_size=32",
+    "predictor.epochs=3",
+    "predictor.lr=0.05",
+    "predictor.momentum=0.9",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def linear_container(root: Path, out: Path, *, groups: int = 60, frames: int = 2, instances: int = 3,
-                     models=("tiny", "large"), seed: int = 0, dataset: str = "davis") -> Path:
+def linear_container(
+    root: Path,
+    out: Path,
+    *,
+    groups: int = 60,
+    frames: int = 2,
+    instances: int = 3,
+    models=("tiny", "large"),
+    seed: int = 0,
+    dataset: str = "davis",
+) -> Path:
     """Records whose `unsupervised_iou` is a linear function of the row's own tokens.
 
     Tokens are low-rank (8 latent dims mapped to 512), as real decoder tokens are strongly
@@ -59,9 +82,14 @@ def linear_container(root: Path, out: Path, *, groups: int = 60, frames: int = 2
                 mask = np.zeros((instances, 3, 256), np.float32)
                 mask[:, 0] = x[:, 256:]  # best = 0: row token = [iou_token, mask_tokens[0]]
                 tokens[m] = (x[:, :256], mask)
-            rec, tens = make_record(f"JPEGImages/480p/v{g:03d}/{f:05d}.jpg", f"v{g:03d}", dataset=dataset,
-                                    instances=[(i + 1, 100) for i in range(instances)], models=models,
-                                    fields=fields)
+            rec, tens = make_record(
+                f"JPEGImages/480p/v{g:03d}/{f:05d}.jpg",
+                f"v{g:03d}",
+                dataset=dataset,
+                instances=[(i + 1, 100) for i in range(instances)],
+                models=models,
+                fields=fields,
+            )
             for m, (it, mt) in tokens.items():
                 tens[f"{m}/original/iou_token"], tens[f"{m}/original/mask_tokens"] = it, mt
             write_record(root, rec, tens)
@@ -82,10 +110,25 @@ def hand_container(tmp_path: Path, *, groups: int = 4, augmented: bool = True) -
     unsup = {"tiny": [0.5, 1.0], "large": [0.125, 0.25]}
     variants = ["original", "jpeg10"] if augmented else ["original"]
     for g in range(groups):
-        fields = {m: {v: {"iou": iou[m], "unsupervised_iou": unsup[m], "iou_dense_prompt": [None, 0.5]}
-                      for v in variants} for m in ("tiny", "large")}
-        write_record(root, *make_record(f"img/{g}.jpg", f"g{g}", dataset="coco", instances=[(1, 50), (2, 60)],
-                                        models=["tiny", "large"], variants=variants, fields=fields))
+        fields = {
+            m: {
+                v: {"iou": iou[m], "unsupervised_iou": unsup[m], "iou_dense_prompt": [None, 0.5]}
+                for v in variants
+            }
+            for m in ("tiny", "large")
+        }
+        write_record(
+            root,
+            *make_record(
+                f"img/{g}.jpg",
+                f"g{g}",
+                dataset="coco",
+                instances=[(1, 50), (2, 60)],
+                models=["tiny", "large"],
+                variants=variants,
+                fields=fields,
+            ),
+        )
     out = tmp_path / "container"
     ContainerWriter(roots=[root], out=out).write()
     return out
@@ -107,7 +150,9 @@ def test_gap_shift_clip_and_nan_rows(tmp_path):
     _, y, _ = target_rows(c.filter(augmented=False), "model_gap", "test")
     assert sorted(y.tolist()) == [0.75, 0.75, 1.0, 1.0]
     # plain targets: no shift; a NaN target (iou_dense_prompt of instance 1) drops the row
-    x, y, dropped = target_rows(c.filter(model="large", augmented=False), "iou_dense_prompt", "test")
+    x, y, dropped = target_rows(
+        c.filter(model="large", augmented=False), "iou_dense_prompt", "test"
+    )
     assert dropped == 1 and y.tolist() == [0.5] and x.shape == (1, 512)
     _, y, _ = target_rows(c.filter(model="large", augmented=False), "iou_large", "test")
     assert y.tolist() == [0.75, 1.0]
@@ -115,8 +160,12 @@ def test_gap_shift_clip_and_nan_rows(tmp_path):
 
 def test_paper_defaults_table():
     assert set(PAPER_DEFAULTS) == {"coco", "davis", "sav", "ade20k"}
-    assert paper_hyperparameters("coco", "iou_large") == {"batch_size": 189, "epochs": 35,
-                                                         "lr": 0.0087130695692, "momentum": 0.1639321491122}
+    assert paper_hyperparameters("coco", "iou_large") == {
+        "batch_size": 189,
+        "epochs": 35,
+        "lr": 0.0087130695692,
+        "momentum": 0.1639321491122,
+    }
     assert paper_hyperparameters("coco", "task_gap")["epochs"] == 36  # COCO default row
     assert paper_hyperparameters("davis", "iou_dense_prompt")["batch_size"] == 62
     assert paper_hyperparameters("ade20k", "prompt_gap")["batch_size"] == 193
@@ -142,9 +191,16 @@ def test_metrics_by_hand():
 
 # -- training -------------------------------------------------------------------------------
 def test_learns_a_linear_target(linear, compose_cfg, tmp_path):
-    cfg = train_cfg(compose_cfg, linear, "predictor=unsupervised_iou", "predictor.batch_size=32",
-                    "predictor.epochs=15", "predictor.lr=0.05", "predictor.momentum=0.9",
-                    f"out_dir={tmp_path / 'models'}")
+    cfg = train_cfg(
+        compose_cfg,
+        linear,
+        "predictor=unsupervised_iou",
+        "predictor.batch_size=32",
+        "predictor.epochs=15",
+        "predictor.lr=0.05",
+        "predictor.momentum=0.9",
+        f"out_dir={tmp_path / 'models'}",
+    )
     summary = run(cfg)
     assert summary["val_metrics"]["r2"] > 0.9, summary["val_metrics"]
     assert summary["val_loss"] == summary["val_metrics"]["mse"]
@@ -152,7 +208,10 @@ def test_learns_a_linear_target(linear, compose_cfg, tmp_path):
     assert summary["dataset"] == "davis" and summary["random_weights"] is False
     rows = summary["rows"]
     assert rows["train"] + rows["val"] == 60 * 2 * 3 * 2 and 0.1 < rows["val"] / 720 < 0.3
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["val_loss"] == summary["val_loss"]
+    assert (
+        json.loads((tmp_path / "run" / "summary.json").read_text())["val_loss"]
+        == summary["val_loss"]
+    )
 
 
 def test_split_has_no_group_on_both_sides(linear):
@@ -162,7 +221,9 @@ def test_split_has_no_group_on_both_sides(linear):
     assert not train_groups & val_groups
     assert train_groups | val_groups == set(float(g) for g in range(60))
     # a separate validation container replaces the split
-    data = Trainer(device="cpu").load(container=linear, val_container=linear, target="unsupervised_iou")
+    data = Trainer(device="cpu").load(
+        container=linear, val_container=linear, target="unsupervised_iou"
+    )
     assert len(data.x_train) == len(data.x_val) == 720
 
 
@@ -181,8 +242,9 @@ def test_same_seed_same_weights(linear):
 
 def test_bundle_round_trip(linear, tmp_path):
     data = Trainer(device="cpu").load(container=linear, target="task_gap")
-    model, _ = Trainer(device="cpu").fit(data.x_train, data.y_train,
-                                         {"batch_size": 64, "epochs": 1, "lr": 0.01, "momentum": 0.5})
+    model, _ = Trainer(device="cpu").fit(
+        data.x_train, data.y_train, {"batch_size": 64, "epochs": 1, "lr": 0.01, "momentum": 0.5}
+    )
     save_bundle(tmp_path / "task_gap", model, {"target": "task_gap", "output_shift": 0.5})
     loaded, config = load_bundle(tmp_path / "task_gap")
     assert config["schema"] == 1 and config["architecture"]["hidden"] == [512, 512]
@@ -208,8 +270,15 @@ def test_bundle_errors(tmp_path):
 
 def test_run_writes_bundle_tensorboard_and_summary(tmp_path, compose_cfg):
     container = hand_container(tmp_path, groups=5)
-    cfg = train_cfg(compose_cfg, container, "predictor=model_gap", *FAST, "predictor.filter_model=large",
-                    "predictor.no_augmented=true", f"out_dir={tmp_path / 'models'}")
+    cfg = train_cfg(
+        compose_cfg,
+        container,
+        "predictor=model_gap",
+        *FAST,
+        "predictor.filter_model=large",
+        "predictor.no_augmented=true",
+        f"out_dir={tmp_path / 'models'}",
+    )
     summary = run(cfg)
     bundle = tmp_path / "models" / "model_gap"
     assert summary["bundle"] == str(bundle)
@@ -217,8 +286,18 @@ def test_run_writes_bundle_tensorboard_and_summary(tmp_path, compose_cfg):
     assert config["target"] == "model_gap" and config["output_shift"] == 0.5
     assert config["dataset"] == "coco" and config["sam_version"] == "sam2.1"
     assert config["random_weights"] is False and config["trained_on"] == "train+val"
-    assert config["hyperparameters"]["epochs"] == 3 and config["hyperparameters"]["weight_decay"] == 0.001
-    assert set(config["val_metrics"]) == {"mse", "l1", "r2", "within_0.1", "within_0.05", "within_0.01"}
+    assert (
+        config["hyperparameters"]["epochs"] == 3
+        and config["hyperparameters"]["weight_decay"] == 0.001
+    )
+    assert set(config["val_metrics"]) == {
+        "mse",
+        "l1",
+        "r2",
+        "within_0.1",
+        "within_0.05",
+        "within_0.01",
+    }
     # large rows of original images only: 5 images x 2 instances
     assert config["rows"]["train"] + config["rows"]["val"] == 10
     # the model's output is model_gap + 0.5 in (0, 1); the predictor shifts it back
@@ -226,8 +305,17 @@ def test_run_writes_bundle_tensorboard_and_summary(tmp_path, compose_cfg):
     out = p(torch.zeros(3, 2, 256))
     assert ((out > -0.5) & (out < 0.5)).all()
     tags = tensorboard_tags(tmp_path / "run" / "tb" / "model_gap")
-    assert {"loss/train", "loss/val", "loss/refit", "val/mse", "val/l1", "val/r2", "val/within_0.1",
-            "val/within_0.05", "val/within_0.01"} <= tags
+    assert {
+        "loss/train",
+        "loss/val",
+        "loss/refit",
+        "val/mse",
+        "val/l1",
+        "val/r2",
+        "val/within_0.1",
+        "val/within_0.05",
+        "val/within_0.01",
+    } <= tags
     assert not any(t.startswith("hpo/") for t in tags)
 
 
@@ -235,11 +323,21 @@ def test_paper_defaults_apply_and_overrides_win(tmp_path, compose_cfg):
     container = hand_container(tmp_path, groups=3)
     trainer = Trainer(device="cpu")
     meta = Container.open(container).meta
-    hp = trainer.hyperparameters({"target": "iou_large", "lr": None, "epochs": None, "batch_size": None,
-                                  "momentum": None}, meta, "davis")
-    assert (hp["batch_size"], hp["epochs"], hp["lr"]) == (189, 35, 0.0087130695692)  # the container is COCO
-    hp = trainer.hyperparameters({"target": "iou_large", "lr": 0.01, "epochs": None, "batch_size": 7,
-                                  "momentum": None}, {}, "ade20k")
+    hp = trainer.hyperparameters(
+        {"target": "iou_large", "lr": None, "epochs": None, "batch_size": None, "momentum": None},
+        meta,
+        "davis",
+    )
+    assert (hp["batch_size"], hp["epochs"], hp["lr"]) == (
+        189,
+        35,
+        0.0087130695692,
+    )  # the container is COCO
+    hp = trainer.hyperparameters(
+        {"target": "iou_large", "lr": 0.01, "epochs": None, "batch_size": 7, "momentum": None},
+        {},
+        "ade20k",
+    )
     assert (hp["batch_size"], hp["epochs"], hp["lr"]) == (7, 79, 0.01)
     cfg = train_cfg(compose_cfg, container, "predictor=iou_large")
     assert cfg.predictor.lr is None and cfg.predictor.target == "iou_large"
@@ -253,37 +351,82 @@ def bad(cfg, match: str, tmp_path: Path):
 
 
 def test_missing_container(tmp_path, compose_cfg):
-    bad(train_cfg(compose_cfg, tmp_path / "nope", f"out_dir={tmp_path / 'models'}"),
-        "nope not found; build it with python -m usam.container", tmp_path)
-    cfg = compose_cfg("train", [f"out_dir={tmp_path / 'models'}"])  # the default location, never built
+    bad(
+        train_cfg(compose_cfg, tmp_path / "nope", f"out_dir={tmp_path / 'models'}"),
+        "nope not found; build it with python -m usam.container",
+        tmp_path,
+    )
+    cfg = compose_cfg(
+        "train", [f"out_dir={tmp_path / 'models'}"]
+    )  # the default location, never built
     bad(cfg, "sample/val_container not found", tmp_path)
-    bad(train_cfg(compose_cfg, tmp_path, f"val_container={tmp_path / 'v'}"), "not a usam container", tmp_path)
+    bad(
+        train_cfg(compose_cfg, tmp_path, f"val_container={tmp_path / 'v'}"),
+        "not a usam container",
+        tmp_path,
+    )
 
 
 def test_target_absent(tmp_path, compose_cfg):
     container = hand_container(tmp_path)  # tiny and large only
-    bad(train_cfg(compose_cfg, container, "predictor=iou_small", f"out_dir={tmp_path / 'models'}"),
-        "no column 'iou_small' in this container", tmp_path)
-    bad(train_cfg(compose_cfg, container, "predictor=iou_large", "predictor.target=iou_huge",
-                  f"out_dir={tmp_path / 'models'}"), "unknown target 'iou_huge'", tmp_path)
+    bad(
+        train_cfg(compose_cfg, container, "predictor=iou_small", f"out_dir={tmp_path / 'models'}"),
+        "no column 'iou_small' in this container",
+        tmp_path,
+    )
+    bad(
+        train_cfg(
+            compose_cfg,
+            container,
+            "predictor=iou_large",
+            "predictor.target=iou_huge",
+            f"out_dir={tmp_path / 'models'}",
+        ),
+        "unknown target 'iou_huge'",
+        tmp_path,
+    )
 
 
 def test_empty_split_after_filtering(tmp_path, compose_cfg):
     container = hand_container(tmp_path, groups=3)
     out = f"out_dir={tmp_path / 'models'}"
     # the model is not in the container
-    bad(train_cfg(compose_cfg, container, "predictor.filter_model=small", out), "holds models", tmp_path)
+    bad(
+        train_cfg(compose_cfg, container, "predictor.filter_model=small", out),
+        "holds models",
+        tmp_path,
+    )
     # one group: a split by group is impossible
     one = hand_container(tmp_path / "one", groups=1)
     bad(train_cfg(compose_cfg, one, out), "needs two", tmp_path)
     # every row's target is NaN
     nan = tmp_path / "nan"
-    write_record(nan / "records", *make_record("a.jpg", "a", dataset="coco", models=["large"],
-                                               fields={"large": {"original": {"iou_dense_prompt": [None]}}}))
-    write_record(nan / "records", *make_record("b.jpg", "b", dataset="coco", models=["large"],
-                                               fields={"large": {"original": {"iou_dense_prompt": [None]}}}))
+    write_record(
+        nan / "records",
+        *make_record(
+            "a.jpg",
+            "a",
+            dataset="coco",
+            models=["large"],
+            fields={"large": {"original": {"iou_dense_prompt": [None]}}},
+        ),
+    )
+    write_record(
+        nan / "records",
+        *make_record(
+            "b.jpg",
+            "b",
+            dataset="coco",
+            models=["large"],
+            fields={"large": {"original": {"iou_dense_prompt": [None]}}},
+        ),
+    )
     ContainerWriter(roots=[nan / "records"], out=nan / "c").write()
-    bad(train_cfg(compose_cfg, nan / "c", "predictor=iou_dense_prompt", out), "split is empty", tmp_path)
+    bad(
+        train_cfg(compose_cfg, nan / "c", "predictor=iou_dense_prompt", out),
+        "split is empty",
+        tmp_path,
+    )
 
 
 def test_bad_values(tmp_path, compose_cfg):
@@ -313,10 +456,28 @@ def test_sweep_via_seed_script(linear, tmp_path):
     """scripts/train_all_predictors.py -> python -m usam.train -m predictor=a,b: one bundle per target."""
     env = {**os.environ, "USAM_OUTPUTS": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train_all_predictors.py"), "--train-data", str(linear),
-         "--output-dir", str(tmp_path / "models"), "--skip-smac", "--metrics", "iou_large", "task_gap",
-         "--filter-model", "large", "--", "predictor.epochs=1", "trainer.progress=false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train_all_predictors.py"),
+            "--train-data",
+            str(linear),
+            "--output-dir",
+            str(tmp_path / "models"),
+            "--skip-smac",
+            "--metrics",
+            "iou_large",
+            "task_gap",
+            "--filter-model",
+            "large",
+            "--",
+            "predictor.epochs=1",
+            "trainer.progress=false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     for target in ("iou_large", "task_gap"):

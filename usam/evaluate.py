@@ -561,8 +561,12 @@ def format_table(report: dict[str, Any]) -> str:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     evaluator = instantiate(cfg.evaluator)
-    summary = evaluator.run(container=cfg.container, predictors=cfg.predictors, split=cfg.split,
-                            run_dir=cfg.paths.output_dir)
+    summary = evaluator.run(
+        container=cfg.container,
+        predictors=cfg.predictors,
+        split=cfg.split,
+        run_dir=cfg.paths.output_dir,
+    )
     return save_run(cfg, summary)
 
 

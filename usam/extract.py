@@ -31,8 +31,17 @@ log = logging.getLogger(__name__)
 
 RECORD_SCHEMA = 1
 FIELDS = (
-    "iou", "sam_score", "unsupervised_iou", "unsupervised_sam_score", "iou_dense_prompt",
-    "entropy", "h_task", "h_prompt", "h_augmentation", "h_theta", "h_all",
+    "iou",
+    "sam_score",
+    "unsupervised_iou",
+    "unsupervised_sam_score",
+    "iou_dense_prompt",
+    "entropy",
+    "h_task",
+    "h_prompt",
+    "h_augmentation",
+    "h_theta",
+    "h_all",
 )
 
 
@@ -49,7 +58,11 @@ class RecordWriter:
 
     def stem(self, name: str) -> Path:
         rel = Path(name)
-        return self.root / rel.parent / (rel.stem if rel.suffix.lower() in _IMAGE_SUFFIXES else rel.name)
+        return (
+            self.root
+            / rel.parent
+            / (rel.stem if rel.suffix.lower() in _IMAGE_SUFFIXES else rel.name)
+        )
 
     def done(self, name: str) -> bool:
         stem = self.stem(name)
@@ -57,8 +70,13 @@ class RecordWriter:
 
     def write(self, name: str, record: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
         stem = self.stem(name)
-        record = {"schema": RECORD_SCHEMA, "kind": "usam.record", "dataset": self.dataset,
-                  "split": self.split, **record}
+        record = {
+            "schema": RECORD_SCHEMA,
+            "kind": "usam.record",
+            "dataset": self.dataset,
+            "split": self.split,
+            **record,
+        }
         write_tensors(_suffixed(stem, ".safetensors"), tensors)
         return write_json(_suffixed(stem, ".json"), record)
 
@@ -77,8 +95,16 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 class Extractor:
     """Runs SAM 2 over a dataset and writes one record per image."""
 
-    def __init__(self, *, models, augment, writer: RecordWriter, seed: int = 0,
-                 n_samples: int = 7, resume: bool = True):
+    def __init__(
+        self,
+        *,
+        models,
+        augment,
+        writer: RecordWriter,
+        seed: int = 0,
+        n_samples: int = 7,
+        resume: bool = True,
+    ):
         self.models = models  # usam.sam.SamModels
         self.augment = augment  # usam.augment.Augmentations
         self.writer = writer
@@ -86,8 +112,10 @@ class Extractor:
 
     def run(self, reader: DatasetReader) -> dict[str, Any]:
         if self.models.random_weights:
-            log.warning("SAM 2 has RANDOM weights: every record is marked random_weights=true "
-                        "and its numbers mean nothing")
+            log.warning(
+                "SAM 2 has RANDOM weights: every record is marked random_weights=true "
+                "and its numbers mean nothing"
+            )
         done = skipped = instances = 0
         failed: list[dict[str, str]] = []
         start = time.perf_counter()
@@ -110,18 +138,33 @@ class Extractor:
         seconds = time.perf_counter() - start
         failed = reader.stats.unreadable + failed
         summary = {
-            "dataset": reader.name, "split": reader.split, "out_dir": str(self.writer.root),
+            "dataset": reader.name,
+            "split": reader.split,
+            "out_dir": str(self.writer.root),
             "shard": {"index": reader.shard_index, "count": reader.shard_count},
-            "images": len(reader), "done": done, "skipped": skipped, "failed": len(failed),
-            "failures": failed, "instances": instances, "seconds": round(seconds, 3),
+            "images": len(reader),
+            "done": done,
+            "skipped": skipped,
+            "failed": len(failed),
+            "failures": failed,
+            "instances": instances,
+            "seconds": round(seconds, 3),
             "images_per_second": round(done / seconds, 4) if seconds > 0 else None,
             "encoder_passes": sum(m.encoder_passes for m in self.models),
-            "models": list(self.models.sizes), "variants": list(self.augment.names),
-            "sam_version": self.models.version, "random_weights": self.models.random_weights,
+            "models": list(self.models.sizes),
+            "variants": list(self.augment.names),
+            "sam_version": self.models.version,
+            "random_weights": self.models.random_weights,
             "compiled_decoder": all(getattr(m, "compiled", False) for m in self.models),
         }
-        log.info("extracted %d images (%d already done, %d failed), %d instances in %.1f s",
-                 done, skipped, len(failed), instances, seconds)
+        log.info(
+            "extracted %d images (%d already done, %d failed), %d instances in %.1f s",
+            done,
+            skipped,
+            len(failed),
+            instances,
+            seconds,
+        )
         for f in failed:
             log.warning("failed: %s: %s", f["file"], f["reason"])
         return summary
@@ -131,14 +174,27 @@ class Extractor:
         """All records fields and tokens of one image."""
         ids = sorted(i for i, m in sample.masks.items() if m.any())
         h, w = sample.image.shape[:2]
-        points = np.stack([
-            prompt_points(sample.masks[i], instance_rng(self.seed, sample.name, i), self.n_samples)
-            for i in ids
-        ]) if ids else np.zeros((0, 1 + self.n_samples, 2), np.float32)
+        points = (
+            np.stack(
+                [
+                    prompt_points(
+                        sample.masks[i], instance_rng(self.seed, sample.name, i), self.n_samples
+                    )
+                    for i in ids
+                ]
+            )
+            if ids
+            else np.zeros((0, 1 + self.n_samples, 2), np.float32)
+        )
         record: dict[str, Any] = {
-            "name": sample.name, "group": sample.group, "width": w, "height": h,
-            "sam_version": self.models.version, "random_weights": self.models.random_weights,
-            "models": list(self.models.sizes), "variants": list(self.augment.names),
+            "name": sample.name,
+            "group": sample.group,
+            "width": w,
+            "height": h,
+            "sam_version": self.models.version,
+            "random_weights": self.models.random_weights,
+            "models": list(self.models.sizes),
+            "variants": list(self.augment.names),
             "instances": [
                 {"id": i, "gt_area": int(sample.masks[i].sum()), "points": points[k].tolist()}
                 for k, i in enumerate(ids)
@@ -190,7 +246,9 @@ class Extractor:
 
     @staticmethod
     def _decode(model, points: np.ndarray, owner: torch.Tensor, gt: torch.Tensor, unmap) -> dict:
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("ious", "scores", "probs", "iou_token", "mask_tokens")}
+        parts: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("ious", "scores", "probs", "iou_token", "mask_tokens")
+        }
         labels = np.ones(points.shape[:2], np.int64)
         for lo in range(0, len(points), model.batch_size):
             hi = lo + model.batch_size
@@ -218,19 +276,27 @@ class ImageStats:
         self.all: torch.Tensor | None = None  # [I, h, w] weighted sum over everything
 
     def add(self, mi: int, vi: int, out: dict) -> dict[str, Any]:
-        ious, scores, probs = out["ious"], out["scores"], out["probs"]  # [I,P,3], [I,P,3], [I,P,3,h,w]
+        ious, scores, probs = (
+            out["ious"],
+            out["scores"],
+            out["probs"],
+        )  # [I,P,3], [I,P,3], [I,P,3,h,w]
         n_inst = ious.shape[0]
         rows = torch.arange(n_inst, device=ious.device)
         best_all = ious.argmax(-1)  # [I, P]: best mask of every prompt
         best = best_all[:, 0]
         top = scores[:, 0].argmax(-1)
-        best_maps = probs.gather(2, best_all[..., None, None, None].expand(-1, -1, 1, *probs.shape[-2:]))[:, :, 0]
+        best_maps = probs.gather(
+            2, best_all[..., None, None, None].expand(-1, -1, 1, *probs.shape[-2:])
+        )[:, :, 0]
         centre = best_maps[:, 0]  # [I, h, w]
         self.sum_over_variants[mi] = self.sum_over_variants.get(mi, 0) + centre
         self.sum_over_models[vi] = self.sum_over_models.get(vi, 0) + centre
         # h_all: uniform over models, variants and prompts, times the normalised SAM score
         w = score_weights(scores)  # [I, P, 3], sums to 1 per prompt
-        part = (w[..., None, None] * probs).sum((1, 2)) / (probs.shape[1] * self.n_models * self.n_variants)
+        part = (w[..., None, None] * probs).sum((1, 2)) / (
+            probs.shape[1] * self.n_models * self.n_variants
+        )
         self.all = part if self.all is None else self.all + part
         fields = {
             "iou": ious[rows, 0, best],
@@ -245,7 +311,10 @@ class ImageStats:
             "ious": ious[:, 0],
             "scores": scores[:, 0],
         }
-        return {k: v.float().cpu().numpy() if k != "best" else v.cpu().numpy() for k, v in fields.items()}
+        return {
+            k: v.float().cpu().numpy() if k != "best" else v.cpu().numpy()
+            for k, v in fields.items()
+        }
 
     def finish(self, fields: dict, models: list[str], variants: list[str]) -> None:
         """Fill the fields that need every model and variant; NaN where they lose their meaning."""

@@ -26,8 +26,16 @@ Objective = Callable[[dict[str, Any]], float]
 class NoHPO:
     """Train with the configured hyperparameters."""
 
-    def search(self, objective: Objective, hp: dict[str, Any], *, out_dir: Path, name: str,
-               writer=None, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    def search(
+        self,
+        objective: Objective,
+        hp: dict[str, Any],
+        *,
+        out_dir: Path,
+        name: str,
+        writer=None,
+        seed: int = 0,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         return hp, {"method": "none"}
 
 
@@ -44,7 +52,9 @@ class _Target:
         return hp
 
     def _limit_threads(self) -> None:
-        if self.threads:  # Dask workers share the cores; torch would otherwise take them all in each
+        if (
+            self.threads
+        ):  # Dask workers share the cores; torch would otherwise take them all in each
             import torch
 
             torch.set_num_threads(self.threads)
@@ -88,12 +98,18 @@ class SmacHPO:
         if int(n_workers) < 1:
             raise UsamError(f"hpo.n_workers must be >= 1, got {n_workers}")
         if multi_fidelity and not 1 <= float(min_budget) <= float(max_budget):
-            raise UsamError(f"need 1 <= hpo.min_budget <= hpo.max_budget, got {min_budget}, {max_budget}")
+            raise UsamError(
+                f"need 1 <= hpo.min_budget <= hpo.max_budget, got {min_budget}, {max_budget}"
+            )
         self.n_trials, self.multi_fidelity = int(n_trials), bool(multi_fidelity)
         self.min_budget, self.max_budget, self.eta = float(min_budget), float(max_budget), int(eta)
         self.n_workers = int(n_workers)
-        self.ranges = {"lr": tuple(lr), "epochs": tuple(epochs), "batch_size": tuple(batch_size),
-                       "momentum": tuple(momentum)}
+        self.ranges = {
+            "lr": tuple(lr),
+            "epochs": tuple(epochs),
+            "batch_size": tuple(batch_size),
+            "momentum": tuple(momentum),
+        }
         self.walltime_limit = walltime_limit
         self.progress = progress
 
@@ -112,8 +128,16 @@ class SmacHPO:
         cs.add(hps)
         return cs
 
-    def search(self, objective: Objective, hp: dict[str, Any], *, out_dir: Path, name: str,
-               writer=None, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    def search(
+        self,
+        objective: Objective,
+        hp: dict[str, Any],
+        *,
+        out_dir: Path,
+        name: str,
+        writer=None,
+        seed: int = 0,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         from smac import HyperparameterOptimizationFacade, MultiFidelityFacade, Scenario
         from smac.callback import Callback
 
@@ -125,12 +149,20 @@ class SmacHPO:
             deterministic=True,  # the objective is seeded: one evaluation per configuration
             n_trials=self.n_trials,
             seed=seed,
-            walltime_limit=float("inf") if self.walltime_limit is None else float(self.walltime_limit),
-            **({"min_budget": self.min_budget, "max_budget": self.max_budget} if self.multi_fidelity else {}),
+            walltime_limit=float("inf")
+            if self.walltime_limit is None
+            else float(self.walltime_limit),
+            **(
+                {"min_budget": self.min_budget, "max_budget": self.max_budget}
+                if self.multi_fidelity
+                else {}
+            ),
         )
         threads = max(1, (os.cpu_count() or 1) // self.n_workers) if self.n_workers > 1 else None
         target = _Target(objective, hp, threads)
-        bar = tqdm(total=self.n_trials, desc=f"{name} SMAC trials", unit="trial", disable=not self.progress)
+        bar = tqdm(
+            total=self.n_trials, desc=f"{name} SMAC trials", unit="trial", disable=not self.progress
+        )
         trials: list[float] = []
 
         class Report(Callback):
@@ -150,10 +182,15 @@ class SmacHPO:
             common = dict(logging_level=False, callbacks=[Report()], overwrite=True)
             fn = target.train_budget if self.multi_fidelity else target.train
             if client is not None:
-                fn = _dask_runner(scenario, fn, client, ["seed", "budget"] if self.multi_fidelity else ["seed"])
+                fn = _dask_runner(
+                    scenario, fn, client, ["seed", "budget"] if self.multi_fidelity else ["seed"]
+                )
             if self.multi_fidelity:
                 smac = MultiFidelityFacade(
-                    scenario, fn, intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=self.eta), **common,
+                    scenario,
+                    fn,
+                    intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=self.eta),
+                    **common,
                 )
             else:
                 smac = HyperparameterOptimizationFacade(scenario, fn, **common)
@@ -166,8 +203,13 @@ class SmacHPO:
         if isinstance(incumbent, list):  # only multi-objective runs return several
             incumbent = incumbent[0]
         best = target.hp(incumbent, self.max_budget if self.multi_fidelity else None)
-        log.info("%s: SMAC incumbent %s (validation loss %.5f after %d trials)",
-                 name, dict(incumbent), best_loss, len(trials))
+        log.info(
+            "%s: SMAC incumbent %s (validation loss %.5f after %d trials)",
+            name,
+            dict(incumbent),
+            best_loss,
+            len(trials),
+        )
         if writer is not None:
             writer.add_scalar("hpo/best_loss", best_loss, 0)
         info = {
@@ -185,8 +227,13 @@ class SmacHPO:
         from dask.distributed import Client
 
         # a client that starts its own local cluster also shuts it down on close()
-        client = Client(n_workers=self.n_workers, threads_per_worker=1, processes=True,
-                        dashboard_address=None, local_directory=str(out_dir / "dask"))
+        client = Client(
+            n_workers=self.n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            local_directory=str(out_dir / "dask"),
+        )
         # SMAC counts free workers when it submits; before they connect it sees none and stalls
         client.wait_for_workers(self.n_workers, timeout=120)
         return client
@@ -213,6 +260,8 @@ def _dask_runner(scenario, fn: Callable, client, required: list[str]):
                 self._results_queue.append((self._sent.pop(future.key), value))
                 self._pending_trials.remove(future)
 
-    runner = Runner(TargetFunctionRunner(scenario, fn, required_arguments=required), dask_client=client)
+    runner = Runner(
+        TargetFunctionRunner(scenario, fn, required_arguments=required), dask_client=client
+    )
     runner._sent = {}
     return runner

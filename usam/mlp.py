@@ -76,13 +76,19 @@ def save_bundle(directory: str | Path, model: UsamMLP, config: dict[str, Any]) -
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-    config = {"schema": BUNDLE_SCHEMA, "kind": "usam.predictor", **config,
-              "architecture": model.architecture()}
+    config = {
+        "schema": BUNDLE_SCHEMA,
+        "kind": "usam.predictor",
+        **config,
+        "architecture": model.architecture(),
+    }
     write_json(directory / "config.json", config)
     return directory
 
 
-def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> tuple[UsamMLP, dict[str, Any]]:
+def load_bundle(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[UsamMLP, dict[str, Any]]:
     """Read a bundle written by `save_bundle`: (model in eval mode, config dict)."""
     from safetensors.torch import load_file
 
@@ -107,7 +113,9 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> tu
         state = load_file(str(weights_path))
         model.load_state_dict(state)
     except Exception as err:  # safetensors header errors and shape mismatches alike
-        raise UsamError(f"{weights_path}: cannot load weights ({err}); retrain the predictor") from None
+        raise UsamError(
+            f"{weights_path}: cannot load weights ({err}); retrain the predictor"
+        ) from None
     return model.to(device).eval(), config
 
 
@@ -131,7 +139,9 @@ class Predictor(nn.Module):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, tokens: torch.Tensor | np.ndarray, shift: float = 0.0) -> torch.Tensor:
+def predict(
+    model: nn.Module, tokens: torch.Tensor | np.ndarray, shift: float = 0.0
+) -> torch.Tensor:
     """Model output minus the target's training shift (a gap of 0 comes out as 0, not 0.5)."""
     p = next(model.parameters())
     x = torch.as_tensor(tokens).to(device=p.device, dtype=p.dtype)

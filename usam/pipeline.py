@@ -29,9 +29,29 @@ log = logging.getLogger(__name__)
 
 # Which top-level keys / groups each stage's root config understands.
 STAGE_KEYS = {
-    "extract": {"paths", "dataset", "sam_model", "augment", "shard", "seed", "out_dir", "extractor", "writer"},
+    "extract": {
+        "paths",
+        "dataset",
+        "sam_model",
+        "augment",
+        "shard",
+        "seed",
+        "out_dir",
+        "extractor",
+        "writer",
+    },
     "container": {"paths", "dataset", "shard", "roots", "out", "offload", "augmented", "writer"},
-    "train": {"paths", "dataset", "shard", "predictor", "hpo", "container", "seed", "device", "trainer"},
+    "train": {
+        "paths",
+        "dataset",
+        "shard",
+        "predictor",
+        "hpo",
+        "container",
+        "seed",
+        "device",
+        "trainer",
+    },
     "evaluate": {"paths", "dataset", "shard", "container", "split", "evaluator"},
 }
 
@@ -54,15 +74,22 @@ def stage_overrides(stage: str, overrides: list[str]) -> list[str]:
 
 def available_targets(sizes: list[str]) -> list[str]:
     """Targets whose columns the container will have for these SAM sizes."""
-    out = [t for t in TARGETS if not t.startswith("iou_") or t == "iou_dense_prompt" or t[4:] in sizes]
+    out = [
+        t for t in TARGETS if not t.startswith("iou_") or t == "iou_dense_prompt" or t[4:] in sizes
+    ]
     return [t for t in out if t != "model_gap" or {"tiny", "large"} <= set(sizes)]
 
 
 class Pipeline:
     """Runs each stage as `python -m usam.<stage>` with its share of the overrides."""
 
-    def __init__(self, *, log_dir: str | Path, targets: list[str] | None = None,
-                 stages: list[str] | None = None):
+    def __init__(
+        self,
+        *,
+        log_dir: str | Path,
+        targets: list[str] | None = None,
+        stages: list[str] | None = None,
+    ):
         self.log_dir = Path(log_dir)
         self.targets = list(targets) if targets else None
         self.stages = list(stages or ("extract", "container", "train", "evaluate"))
@@ -80,13 +107,21 @@ class Pipeline:
         dirs = {s: self.log_dir / s / stamp for s in self.stages}
         predictors = self.log_dir / "train" / stamp / "predictors"
         targets = self.targets or available_targets(sizes)
-        out: dict[str, Any] = {"run_folders": {s: str(d) for s, d in dirs.items()},
-                               "predictors": str(predictors), "targets": targets, "stages": {}}
+        out: dict[str, Any] = {
+            "run_folders": {s: str(d) for s, d in dirs.items()},
+            "predictors": str(predictors),
+            "targets": targets,
+            "stages": {},
+        }
         for stage in self.stages:
             args = stage_overrides(stage, overrides)
             if stage == "train":
-                args += [f"predictor={','.join(targets)}", f"out_dir={predictors}",
-                         f"hydra.sweep.dir={dirs[stage]}", "trainer.progress=false"]
+                args += [
+                    f"predictor={','.join(targets)}",
+                    f"out_dir={predictors}",
+                    f"hydra.sweep.dir={dirs[stage]}",
+                    "trainer.progress=false",
+                ]
                 self.stage(stage, args, dirs[stage], multirun=True)
                 out["stages"][stage] = {
                     t: _summary(dirs[stage] / str(i)) for i, t in enumerate(targets)
@@ -117,8 +152,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("%-9s -> %s", stage, folder)
     log.info("predictor bundles -> %s", summary["predictors"])
     if summary["random_weights"]:
-        log.warning("SAM 2 ran with RANDOM weights: every number above is meaningless; "
-                    "this run only shows that the pipeline works")
+        log.warning(
+            "SAM 2 ran with RANDOM weights: every number above is meaningless; "
+            "this run only shows that the pipeline works"
+        )
     return summary
 
 

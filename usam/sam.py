@@ -68,7 +68,9 @@ def _quiet_predictor_logs() -> None:
 # --------------------------------------------------------------------------- building
 
 
-def resolve_device(device: str | torch.device = "auto", key: str = "sam_model.device") -> torch.device:
+def resolve_device(
+    device: str | torch.device = "auto", key: str = "sam_model.device"
+) -> torch.device:
     """`auto` -> cuda if available else cpu; a bad or unavailable device is a UsamError naming `key`."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -371,7 +373,9 @@ class SamModel:
         if len(points) == 0:
             return self._empty()
         parts = [
-            self.decode_once(points[lo : lo + self.batch_size], labels[lo : lo + self.batch_size])[0]
+            self.decode_once(points[lo : lo + self.batch_size], labels[lo : lo + self.batch_size])[
+                0
+            ]
             for lo in range(0, len(points), self.batch_size)
         ]
         if len(parts) == 1:

@@ -76,7 +76,9 @@ def read_json(path: str | Path) -> Any:
         raise UsamError(f"{path} is not valid JSON ({err})") from None
 
 
-def write_tensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> Path:
+def write_tensors(
+    path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> Path:
     """numpy arrays -> safetensors, atomically."""
     from safetensors.numpy import save_file
 

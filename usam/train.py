@@ -134,7 +134,9 @@ def target_rows(c, target: str, where: str) -> tuple[np.ndarray, np.ndarray, int
     keep = np.isfinite(y)
     dropped = int((~keep).sum())
     if dropped:
-        log.info("%s: %d of %d rows have no %s (NaN) and are dropped", where, dropped, len(y), target)
+        log.info(
+            "%s: %d of %d rows have no %s (NaN) and are dropped", where, dropped, len(y), target
+        )
     idx = np.flatnonzero(keep)
     tokens = np.asarray(c.tokens[idx] if dropped else c.tokens, dtype=np.float32)
     y = np.clip(y[idx] + TARGETS[target], 0.0, 1.0).astype(np.float32)
@@ -154,7 +156,9 @@ class Objective:
         hp = {**self.base, **hp}
         model, _ = self.trainer.fit(self.data.x_train, self.data.y_train, hp)
         loss = self.trainer.evaluate(model, self.data.x_val, self.data.y_val)["mse"]
-        return loss if math.isfinite(loss) else 1.0  # a diverged run: the worst MSE a sigmoid can reach
+        return (
+            loss if math.isfinite(loss) else 1.0
+        )  # a diverged run: the worst MSE a sigmoid can reach
 
 
 class Trainer:
@@ -174,7 +178,11 @@ class Trainer:
             raise UsamError(f"trainer.val_fraction must be in (0, 1), got {val_fraction}")
         self.device = resolve_device(str(device), key="device")
         self.seed, self.val_fraction = int(seed), float(val_fraction)
-        self.refit_all, self.eval_batch_size, self.progress = bool(refit_all), int(eval_batch_size), progress
+        self.refit_all, self.eval_batch_size, self.progress = (
+            bool(refit_all),
+            int(eval_batch_size),
+            progress,
+        )
 
     # -- data ------------------------------------------------------------------------------
     def load(
@@ -192,7 +200,10 @@ class Trainer:
         c = open_container(container, "container")
         parts, paths = {"train": c}, {"train": container, "val": container}
         if val_container not in (None, "", "None"):
-            parts["val"], paths["val"] = open_container(val_container, "val_container"), val_container
+            parts["val"], paths["val"] = (
+                open_container(val_container, "val_container"),
+                val_container,
+            )
         for name, part in parts.items():
             if target not in part.columns:
                 raise UsamError(
@@ -208,9 +219,13 @@ class Trainer:
         filters = {"model": filter_model or None, "augmented": False if no_augmented else None}
         parts = {k: v.filter(**filters) for k, v in parts.items()}
         if len(parts["train"]) == 0:
-            raise UsamError(f"{container}: no rows left after filtering ({filters}); relax the filter")
+            raise UsamError(
+                f"{container}: no rows left after filtering ({filters}); relax the filter"
+            )
         if "val" not in parts:
-            parts["train"], parts["val"] = parts["train"].split(val_fraction=self.val_fraction, seed=self.seed)
+            parts["train"], parts["val"] = parts["train"].split(
+                val_fraction=self.val_fraction, seed=self.seed
+            )
         arrays, rows = {}, {}
         for name, part in parts.items():
             x, y, dropped = target_rows(part, target, f"{paths[name]} ({name})")
@@ -219,7 +234,10 @@ class Trainer:
                     f"{paths[name]}: the {name} split is empty after filtering {filters} and dropping "
                     f"{dropped} rows without {target}; use more data, fewer filters, or a val_container"
                 )
-            arrays[name] = (torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device))
+            arrays[name] = (
+                torch.from_numpy(x).to(self.device),
+                torch.from_numpy(y).to(self.device),
+            )
             rows[name], rows[f"{name}_dropped_nan"] = len(y), dropped
         log.info("%s: %d training rows, %d validation rows", target, rows["train"], rows["val"])
         return Data(*arrays["train"], *arrays["val"], meta=dict(c.meta), rows=rows)
@@ -240,11 +258,17 @@ class Trainer:
             torch.manual_seed(self.seed)
             model = UsamMLP(in_features=x.shape[1], hidden=hp.get("hidden", (512, 512)))
         model.to(x.device).train()
-        opt = torch.optim.SGD(model.parameters(), lr=float(hp["lr"]), momentum=float(hp["momentum"]),
-                              weight_decay=float(hp.get("weight_decay", 0.001)))
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=float(hp["lr"]),
+            momentum=float(hp["momentum"]),
+            weight_decay=float(hp.get("weight_decay", 0.001)),
+        )
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         n, bs, losses = len(x), int(hp["batch_size"]), []
-        bar = tqdm(range(int(hp["epochs"])), desc=desc, unit="epoch", disable=not (self.progress and desc))
+        bar = tqdm(
+            range(int(hp["epochs"])), desc=desc, unit="epoch", disable=not (self.progress and desc)
+        )
         for epoch in bar:
             total = torch.zeros((), device=x.device)
             for idx in torch.randperm(n, generator=gen, device=x.device).split(bs):
@@ -257,7 +281,10 @@ class Trainer:
             val_loss = self.evaluate(model, *val)["mse"] if val is not None else None
             if on_epoch is not None:
                 on_epoch(epoch, losses[-1], val_loss)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {}))
+            bar.set_postfix(
+                loss=f"{losses[-1]:.4f}",
+                **({"val": f"{val_loss:.4f}"} if val_loss is not None else {}),
+            )
             model.train()
         return model.eval(), losses
 
@@ -283,33 +310,61 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         start = time.time()
-        p = OmegaConf.to_container(predictor, resolve=True) if isinstance(predictor, DictConfig) else dict(predictor)
+        p = (
+            OmegaConf.to_container(predictor, resolve=True)
+            if isinstance(predictor, DictConfig)
+            else dict(predictor)
+        )
         target = p["target"]
-        data = self.load(container=container, target=target, val_container=val_container,
-                         filter_model=p.get("filter_model"), no_augmented=bool(p.get("no_augmented", False)))
+        data = self.load(
+            container=container,
+            target=target,
+            val_container=val_container,
+            filter_model=p.get("filter_model"),
+            no_augmented=bool(p.get("no_augmented", False)),
+        )
         hp = self.hyperparameters(p, data.meta, dataset)
         run_dir, out_dir = Path(run_dir), Path(out_dir)
         writer = SummaryWriter(log_dir=str(run_dir / "tb" / target))
         try:
-            hp, hpo_info = hpo.search(Objective(self, data, hp), hp, out_dir=run_dir / "hpo", name=target,
-                                      writer=writer, seed=self.seed)
+            hp, hpo_info = hpo.search(
+                Objective(self, data, hp),
+                hp,
+                out_dir=run_dir / "hpo",
+                name=target,
+                writer=writer,
+                seed=self.seed,
+            )
             log.info("%s: training with %s", target, {k: hp[k] for k in SEARCHED})
 
             def on_epoch(epoch: int, train_loss: float, val_loss: float | None) -> None:
                 writer.add_scalar("loss/train", train_loss, epoch)
                 writer.add_scalar("loss/val", val_loss, epoch)
 
-            model, _ = self.fit(data.x_train, data.y_train, hp, val=(data.x_val, data.y_val),
-                                on_epoch=on_epoch, desc=f"{target} (train split)")
+            model, _ = self.fit(
+                data.x_train,
+                data.y_train,
+                hp,
+                val=(data.x_val, data.y_val),
+                on_epoch=on_epoch,
+                desc=f"{target} (train split)",
+            )
             metrics = self.evaluate(model, data.x_val, data.y_val)
             for k, v in metrics.items():
                 writer.add_scalar(f"val/{k}", v, 0)
-            log.info("%s validation: %s", target, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            log.info(
+                "%s validation: %s", target, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            )
             if self.refit_all:
                 x = torch.cat([data.x_train, data.x_val])
                 y = torch.cat([data.y_train, data.y_val])
-                model, _ = self.fit(x, y, hp, desc=f"{target} (all rows)",
-                                    on_epoch=lambda e, loss, _: writer.add_scalar("loss/refit", loss, e))
+                model, _ = self.fit(
+                    x,
+                    y,
+                    hp,
+                    desc=f"{target} (all rows)",
+                    on_epoch=lambda e, loss, _: writer.add_scalar("loss/refit", loss, e),
+                )
         finally:
             writer.close()
         bundle = out_dir / target
@@ -334,10 +389,24 @@ class Trainer:
         }
         save_bundle(bundle, model, config)
         if config["random_weights"]:
-            log.warning("%s: the container came from random SAM weights; this predictor is for testing only", target)
+            log.warning(
+                "%s: the container came from random SAM weights; this predictor is for testing only",
+                target,
+            )
         summary = {
-            **{k: config[k] for k in ("target", "dataset", "container", "val_container", "rows",
-                                      "hyperparameters", "hpo", "random_weights")},
+            **{
+                k: config[k]
+                for k in (
+                    "target",
+                    "dataset",
+                    "container",
+                    "val_container",
+                    "rows",
+                    "hyperparameters",
+                    "hpo",
+                    "random_weights",
+                )
+            },
             "bundle": str(bundle),
             "device": str(self.device),
             "val_metrics": metrics,
@@ -348,13 +417,19 @@ class Trainer:
         log.info("%s: bundle written to %s", target, bundle)
         return summary
 
-    def hyperparameters(self, p: dict[str, Any], meta: dict[str, Any], dataset: str | None) -> dict[str, Any]:
+    def hyperparameters(
+        self, p: dict[str, Any], meta: dict[str, Any], dataset: str | None
+    ) -> dict[str, Any]:
         """Paper defaults for the container's dataset, overridden by every non-null predictor value."""
         held = list(meta.get("datasets") or [])
         name = held[0] if len(held) == 1 else (dataset or "unknown")
         if dataset and len(held) == 1 and held[0] != dataset:
-            log.warning("dataset=%s but the container holds %s; using %s's tuned defaults",
-                        dataset, held[0], held[0])
+            log.warning(
+                "dataset=%s but the container holds %s; using %s's tuned defaults",
+                dataset,
+                held[0],
+                held[0],
+            )
         defaults = paper_hyperparameters(str(name), p["target"])
         hp = {k: (defaults[k] if p.get(k) is None else p[k]) for k in SEARCHED}
         hp["weight_decay"] = float(p.get("weight_decay", 0.001))

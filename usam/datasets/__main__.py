@@ -35,8 +35,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     log.info(
         "%s %s: %d images, %d instances, %d without instances, %d unreadable",
-        reader.name, reader.split, summary["images"], summary["instances"],
-        summary["images_without_instances"], summary["unreadable"],
+        reader.name,
+        reader.split,
+        summary["images"],
+        summary["instances"],
+        summary["images_without_instances"],
+        summary["unreadable"],
     )
     return save_run(cfg, summary)
 

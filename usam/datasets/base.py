@@ -102,8 +102,14 @@ class DatasetReader:
         if int(sample) < 1:
             raise UsamError(f"dataset.sample must be >= 1, got {sample}")
         if not 0 <= int(shard_index) < int(shard_count):
-            raise UsamError(f"need 0 <= shard.index < shard.count, got {shard_index} / {shard_count}")
-        self.sample, self.shard_index, self.shard_count = int(sample), int(shard_index), int(shard_count)
+            raise UsamError(
+                f"need 0 <= shard.index < shard.count, got {shard_index} / {shard_count}"
+            )
+        self.sample, self.shard_index, self.shard_count = (
+            int(sample),
+            int(shard_index),
+            int(shard_count),
+        )
         self.strict = bool(strict)
         self.start, self.end = int(start), (None if end is None else int(end))
         self.stats = Stats()

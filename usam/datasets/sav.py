@@ -244,8 +244,11 @@ class SAV(DatasetReader):
             if k >= len(data["masklet"]):
                 continue
             if len(data["masklet"][k]) != len(data["masklet_id"]):
-                raise SampleError(path, f"annotated frame {k} has {len(data['masklet'][k])} masklets, "
-                                  f"masklet_id lists {len(data['masklet_id'])}")
+                raise SampleError(
+                    path,
+                    f"annotated frame {k} has {len(data['masklet'][k])} masklets, "
+                    f"masklet_id lists {len(data['masklet_id'])}",
+                )
             for mid, rle in zip(data["masklet_id"], data["masklet"][k], strict=True):
                 m = decode_rle(rle, image.shape[:2], path, f"masklet {mid} in annotated frame {k}")
                 if m is not None:
