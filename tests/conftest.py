@@ -16,15 +16,19 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def compose_cfg(tmp_path):
     """compose_cfg("extract", ["dataset=sample", ...]) -> DictConfig with paths under tmp_path."""
 
-    def _compose(config_name: str, overrides: list[str] = ()):
+    def _compose(config_name: str | None, overrides: list[str] = ()):
         GlobalHydra.instance().clear()
-        paths = [
-            f"paths.data={tmp_path / 'data'}",
-            f"paths.inference={tmp_path / 'inference'}",
-            f"paths.checkpoints={tmp_path / 'checkpoints'}",
-            f"paths.log_dir={tmp_path / 'outputs'}",
-            f"paths.output_dir={tmp_path / 'run'}",
-        ]
+        paths = (
+            []
+            if config_name is None
+            else [
+                f"paths.data={tmp_path / 'data'}",
+                f"paths.inference={tmp_path / 'inference'}",
+                f"paths.checkpoints={tmp_path / 'checkpoints'}",
+                f"paths.log_dir={tmp_path / 'outputs'}",
+                f"paths.output_dir={tmp_path / 'run'}",
+            ]
+        )
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=paths + list(overrides))
         GlobalHydra.instance().clear()

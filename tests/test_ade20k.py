@@ -12,7 +12,6 @@ from PIL import Image
 from usam.datasets.ade20k import ADE20k
 from usam.errors import SampleError, UsamError
 
-REPO = Path(__file__).resolve().parents[1]
 H, W = 12, 16
 
 
@@ -136,14 +135,10 @@ def test_broken_samples_are_skipped_and_counted(root: Path, caplog) -> None:
         list(ADE20k(root=root, strict=True))
 
 
-def test_compose_and_instantiate(root: Path) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def test_compose_and_instantiate(root: Path, compose_cfg) -> None:
     from hydra.utils import instantiate
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("datasets", overrides=["dataset=ade20k", f"dataset.root={root}"])
+    cfg = compose_cfg("datasets", ["dataset=ade20k", f"dataset.root={root}"])
     reader = instantiate(cfg.dataset)
     assert isinstance(reader, ADE20k)
     assert (reader.name, reader.split, reader.shard_count) == ("ade20k", "val", 1)

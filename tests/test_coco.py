@@ -14,7 +14,6 @@ from pycocotools import mask as mask_utils
 from usam.datasets.coco import Coco, rle_counts
 from usam.errors import SampleError, UsamError
 
-REPO = Path(__file__).resolve().parents[1]
 H, W = 20, 30
 
 
@@ -241,14 +240,10 @@ def test_bad_segmentation_skips_its_image(tmp_path: Path, seg, match: str) -> No
     assert "annotation 1" in bad["reason"] and match in bad["reason"]
 
 
-def test_compose_and_instantiate(root: Path) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def test_compose_and_instantiate(root: Path, compose_cfg) -> None:
     from hydra.utils import instantiate
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("datasets", overrides=["dataset=coco", f"dataset.root={root}"])
+    cfg = compose_cfg("datasets", ["dataset=coco", f"dataset.root={root}"])
     reader = instantiate(cfg.dataset)
     assert isinstance(reader, Coco)
     assert (reader.name, reader.split, reader.min_area) == ("coco", "val", 10)

@@ -6,31 +6,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from video_trees import make_davis
 
-import usam
 from usam.cli import user_error
 from usam.datasets.__main__ import run
 from usam.errors import UsamError
 
-CONF = Path(usam.__file__).parent / "conf"
 
-
-def config(tmp_path, *overrides):
-    """The datasets config with every path (run folder, logs) under tmp_path."""
-    GlobalHydra.instance().clear()
-    paths = [f"paths.{k}={tmp_path / k}" for k in ("data", "inference", "checkpoints", "log_dir")]
-    paths.append(f"paths.output_dir={tmp_path}")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("datasets", overrides=paths + list(overrides))
-
-
-def test_run_counts_a_davis_split(tmp_path):
+def test_run_counts_a_davis_split(tmp_path, compose_cfg):
     root = tmp_path / "DAVIS"
     make_davis(
         root,
@@ -42,12 +27,14 @@ def test_run_counts_a_davis_split(tmp_path):
     )
     (root / "JPEGImages/480p/cat/00001.jpg").write_bytes(b"junk")
     out = tmp_path / "run"
-    cfg = config(
-        tmp_path,
-        "dataset=davis",
-        f"dataset.root={root}",
-        "dataset.resolution=480p",
-        f"paths.output_dir={out}",
+    cfg = compose_cfg(
+        "datasets",
+        [
+            "dataset=davis",
+            f"dataset.root={root}",
+            "dataset.resolution=480p",
+            f"paths.output_dir={out}",
+        ],
     )
     summary = run(cfg)
     assert (out / "config.yaml").is_file()
@@ -65,18 +52,20 @@ def test_run_counts_a_davis_split(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
-def test_run_on_a_shard_of_the_sample(tmp_path):
-    summary = run(config(tmp_path, "shard.count=2", "shard.index=1"))
+def test_run_on_a_shard_of_the_sample(tmp_path, compose_cfg):
+    summary = run(compose_cfg("datasets", ["shard.count=2", "shard.index=1"]))
     assert summary["dataset"] == "sample" and summary["shard"] == {"index": 1, "count": 2}
     assert summary["entries"] == summary["images"] == 3 and summary["instances"] == 9
 
 
-def test_run_raises_usam_error_for_a_bad_root(tmp_path):
-    cfg = config(
-        tmp_path,
-        "dataset=davis",
-        f"dataset.root={tmp_path / 'nope'}",
-        f"paths.output_dir={tmp_path}",
+def test_run_raises_usam_error_for_a_bad_root(tmp_path, compose_cfg):
+    cfg = compose_cfg(
+        "datasets",
+        [
+            "dataset=davis",
+            f"dataset.root={tmp_path / 'nope'}",
+            f"paths.output_dir={tmp_path}",
+        ],
     )
     # hydra.utils.instantiate wraps the reader's UsamError; run_stage finds it through __cause__
     with pytest.raises(Exception) as err:

@@ -7,17 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from PIL import Image
 from video_trees import labels, make_davis, write_png
 
-import usam
 from usam.datasets.davis import Davis, davis_palette
 from usam.errors import SampleError, UsamError
-
-CONF = Path(usam.__file__).parent / "conf"
 
 
 @pytest.fixture
@@ -256,23 +251,20 @@ def test_ids_come_from_palette_indices_not_colours(tree):
     np.testing.assert_array_equal(s.masks[1], expected[s.name] == 1)
 
 
-def test_instantiate_from_config(tree, tmp_path):
+def test_instantiate_from_config(tree, compose_cfg):
     root, expected = tree
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "datasets",
-            overrides=[
-                "dataset=davis",
-                f"dataset.root={root}",
-                "dataset.split=train",
-                "dataset.resolution=480p",
-                "dataset.sample=2",
-                "shard.count=2",
-                "shard.index=1",
-                f"paths.output_dir={tmp_path}",
-            ],
-        )
+    cfg = compose_cfg(
+        "datasets",
+        [
+            "dataset=davis",
+            f"dataset.root={root}",
+            "dataset.split=train",
+            "dataset.resolution=480p",
+            "dataset.sample=2",
+            "shard.count=2",
+            "shard.index=1",
+        ],
+    )
     r = instantiate(cfg.dataset)
     assert isinstance(r, Davis) and r.name == "davis" and r.root == root
     # 5 subsampled entries (bear 0 2 4, cows 0 2), second half

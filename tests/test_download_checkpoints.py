@@ -7,45 +7,31 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from test_download import no_proxy, server  # noqa: F401  (fixtures: loopback HTTP server)
 
-import usam
 from usam.download import sidecar_path, verify_checkpoint
 from usam.download_checkpoints import run
 from usam.errors import UsamError
 
-CONF = Path(usam.__file__).parent / "conf"
 WEIGHTS = b"not really a checkpoint" * 1000
 
 
-def config(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="download_checkpoints", overrides=overrides)
-
-
 @pytest.fixture
-def cfg_for(server, tmp_path):  # noqa: F811
+def cfg_for(server, tmp_path, compose_cfg):  # noqa: F811
     (server.root / "tiny.pt").write_bytes(WEIGHTS)
 
     def make(*extra):
-        return config(
+        return compose_cfg(
+            "download_checkpoints",
             [
                 f"sam_model.urls.tiny='{server.url('tiny.pt')}'",
                 "sam_model.sizes=[tiny]",
                 f"paths.checkpoints={tmp_path / 'ckpt'}",
-                f"paths.output_dir={tmp_path / 'run'}",
-                f"paths.data={tmp_path / 'data'}",
-                f"paths.inference={tmp_path / 'inference'}",
-                f"paths.log_dir={tmp_path / 'outputs'}",
                 "retries=0",
                 *extra,
-            ]
+            ],
         )
 
     return make
@@ -93,9 +79,11 @@ def test_refuses_random_and_unknown_sizes(cfg_for):
         run(cfg_for("sam_model.sizes=[huge]"))
 
 
-def test_every_version_resolves_to_its_own_files(tmp_path):
+def test_every_version_resolves_to_its_own_files(tmp_path, compose_cfg):
     for version, name in [("sam2.1", "sam2.1_hiera_large.pt"), ("sam2.0", "sam2_hiera_large.pt")]:
-        cfg = config([f"sam_model={version}", f"paths.checkpoints={tmp_path}"])
+        cfg = compose_cfg(
+            "download_checkpoints", [f"sam_model={version}", f"paths.checkpoints={tmp_path}"]
+        )
         assert cfg.sam_model.checkpoint_dir == f"{tmp_path}/{version}"
         assert cfg.sam_model.checkpoints.large == name and cfg.sam_model.urls.large.endswith(
             "/" + name

@@ -5,20 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from video_trees import labels, make_mose, write_png
 
-import usam
 from usam.datasets.mose import Mose
 from usam.errors import SampleError, UsamError
-
-CONF = Path(usam.__file__).parent / "conf"
 
 
 @pytest.fixture
@@ -200,19 +194,9 @@ def test_broken_frames_skipped_or_strict(tree):
         list(Mose(root=root, split="train", strict=True))
 
 
-def test_instantiate_from_config(tree, tmp_path):
+def test_instantiate_from_config(tree, compose_cfg):
     root, expected = tree
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "datasets",
-            overrides=[
-                "dataset=mose",
-                f"dataset.root={root}",
-                "dataset.split=val",
-                f"paths.output_dir={tmp_path}",
-            ],
-        )
+    cfg = compose_cfg("datasets", ["dataset=mose", f"dataset.root={root}", "dataset.split=val"])
     r = instantiate(cfg.dataset)
     assert isinstance(r, Mose) and r.name == "mose" and r.split == "val"
     check_masks(list(r), expected)

@@ -421,24 +421,20 @@ def test_works_inside_a_running_hydra_app(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("version", ["sam2.1", "sam2.0"])
-def test_every_packaged_config_builds_and_decodes(version, tmp_path):
+def test_every_packaged_config_builds_and_decodes(version, tmp_path, compose_cfg):
     """conf/sam_model/<version>.yaml composed and instantiated: all four sizes, random weights."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            config_name=None,
-            overrides=[
-                f"+sam_model={version}",
-                "sam_model.random_weights=true",
-                "sam_model.image_size=256",
-                "sam_model.device=cpu",
-                f"sam_model.checkpoint_dir={tmp_path}",
-            ],
-        )
+    cfg = compose_cfg(
+        None,
+        [
+            f"+sam_model={version}",
+            "sam_model.random_weights=true",
+            "sam_model.image_size=256",
+            "sam_model.device=cpu",
+            f"sam_model.checkpoint_dir={tmp_path}",
+        ],
+    )
     models = instantiate(cfg.sam_model)
     assert models.version == version and models.sizes == ["tiny", "small", "base_plus", "large"]
     img = np.zeros((24, 32, 3), np.uint8)

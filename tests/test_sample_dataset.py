@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -17,7 +15,6 @@ from usam.datasets.davis import davis_palette
 from usam.datasets.sample import SAMPLE_ROOT, SampleDataset
 from usam.errors import UsamError
 
-CONF = Path(usam.__file__).parent / "conf"
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_sample.py"
 
 
@@ -66,10 +63,8 @@ def test_only_val_split():
         SampleDataset(split="train")
 
 
-def test_default_config_is_the_sample(tmp_path):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("datasets", overrides=[f"paths.output_dir={tmp_path}", "dataset.sample=2"])
+def test_default_config_is_the_sample(compose_cfg):
+    cfg = compose_cfg("datasets", ["dataset.sample=2"])
     r = instantiate(cfg.dataset)
     assert isinstance(r, SampleDataset) and r.root == SAMPLE_ROOT
     assert [(e.group, e.index_in_group) for e in r.entries] == [

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-import usam
 from usam.datasets import sav
 from usam.datasets.sav import AUTO_ID_OFFSET, SAV
 from usam.errors import SampleError, UsamError
@@ -335,24 +334,19 @@ def test_val_broken_inputs_are_skipped_and_counted(val_root):
 
 
 # -- config --------------------------------------------------------------------------------------
-def test_hydra_config_instantiates(train_root):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def test_hydra_config_instantiates(train_root, compose_cfg):
     from hydra.utils import instantiate
 
-    GlobalHydra.instance().clear()
-    conf = Path(usam.__file__).parent / "conf"
-    with initialize_config_dir(config_dir=str(conf.resolve()), version_base="1.3"):
-        cfg = compose(
-            "datasets",
-            overrides=[
-                "dataset=sav",
-                f"dataset.root={train_root}",
-                "dataset.split=train",
-                "dataset.train_subsets=[sav_001]",
-                "dataset.annotation_set=both",
-            ],
-        )
+    cfg = compose_cfg(
+        "datasets",
+        [
+            "dataset=sav",
+            f"dataset.root={train_root}",
+            "dataset.split=train",
+            "dataset.train_subsets=[sav_001]",
+            "dataset.annotation_set=both",
+        ],
+    )
     reader = instantiate(cfg.dataset)
     assert isinstance(reader, SAV) and reader.name == "sav" and len(reader) == 3
     assert reader.train_subsets == ["sav_001"]
