@@ -52,6 +52,10 @@ class FakeModel:
         self.encoder_passes += 1
         self.c0 = float(image.mean()) / 255 * self.gain
 
+    def decode_once(self, points, labels) -> tuple[Decoded, None]:
+        """SamModel's one-decoder-call API (the extractor chunks prompts itself)."""
+        return self.decode(points, labels), None
+
     def decode(self, points, labels) -> Decoded:
         b, n = points.shape[:2]
         self.decoded_batches.append(b)

@@ -389,7 +389,8 @@ def test_bundles_that_fit_are_accepted(tmp_path, usam):
     write_bundles(tmp_path / "b", targets=["iou_tiny"], filter_model="tiny", models=["tiny"])
     write_bundles(tmp_path / "c", targets=["iou_tiny"], sam_version=None, models=None)
     for d in "abc":
-        UncertainSAM(usam.sam, load_predictors(tmp_path / d))
+        u = UncertainSAM(usam.sam, load_predictors(tmp_path / d))
+        assert list(u.predictors) == ["iou_tiny"]
 
 
 def test_duplicate_targets_are_refused(tmp_path):

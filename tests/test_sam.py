@@ -132,6 +132,7 @@ def test_masks_are_upsampled_logits_above_zero_like_the_predictor(tiny):
         )
 
 
+@pytest.mark.slow  # torch.compile takes minutes on 2 CPU cores
 def test_compiled_decoder_gives_the_same_outputs_and_tokens(tiny):
     """sam_model.compile_decoder: same masks, scores, maps and captured tokens, any batch shape."""
     from usam.sam import SamModel

@@ -20,8 +20,7 @@ from usam.extract import FIELDS
 
 SCHEMA = 1
 TOKEN_DIM = 256
-# stage-1 fields copied as they are (those of the row's own model and variant)
-# copied for every model of the container as `<field>_<model>`
+# stage-1 fields copied for every model of the container as `<field>_<model>`
 PER_MODEL = ("iou", "unsupervised_iou", "sam_score")
 # per-row int codes into a table: models/variants/datasets in meta.json, the rest in tables/
 CODES = ("image", "group", "dataset", "model", "variant")

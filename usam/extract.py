@@ -250,9 +250,9 @@ class Extractor:
             k: [] for k in ("ious", "scores", "probs", "iou_token", "mask_tokens")
         }
         labels = np.ones(points.shape[:2], np.int64)
-        for lo in range(0, len(points), model.batch_size):
+        for lo in range(0, len(points), model.batch_size):  # the only place prompts are chunked
             hi = lo + model.batch_size
-            dec = model.decode(points[lo:hi], labels[lo:hi])
+            dec, _ = model.decode_once(points[lo:hi], labels[lo:hi])
             masks, probs = unmap(dec.masks), unmap(dec.low_res_probs)
             parts["ious"].append(mask_iou(masks, gt[owner[lo:hi], None]))
             parts["scores"].append(dec.scores)
@@ -319,14 +319,19 @@ class ImageStats:
     def finish(self, fields: dict, models: list[str], variants: list[str]) -> None:
         """Fill the fields that need every model and variant; NaN where they lose their meaning."""
         h_all = entropy(self.all).float().cpu().numpy()
+        nan = np.full_like(h_all, np.nan)
+        h_theta = [  # one per variant, shared by every model
+            entropy(self.sum_over_models[vi] / self.n_models).float().cpu().numpy()
+            if self.n_models > 1
+            else nan
+            for vi in range(len(variants))
+        ]
         for mi, m in enumerate(models):
-            h_aug = entropy(self.sum_over_variants[mi] / self.n_variants).float().cpu().numpy()
+            h_aug = nan
+            if self.n_variants > 1:
+                h_aug = entropy(self.sum_over_variants[mi] / self.n_variants).float().cpu().numpy()
             for vi, v in enumerate(variants):
-                h_theta = entropy(self.sum_over_models[vi] / self.n_models).float().cpu().numpy()
-                f = fields[m][v]
-                f["h_augmentation"] = h_aug if self.n_variants > 1 else np.full_like(h_all, np.nan)
-                f["h_theta"] = h_theta if self.n_models > 1 else np.full_like(h_all, np.nan)
-                f["h_all"] = h_all
+                fields[m][v].update(h_augmentation=h_aug, h_theta=h_theta[vi], h_all=h_all)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

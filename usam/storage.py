@@ -98,8 +98,3 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
         raise UsamError(f"{path} not found") from None
     except Exception as err:  # safetensors raises its own SafetensorError for broken headers
         raise UsamError(f"{path} is not a readable safetensors file ({err})") from None
-
-
-def nan_floats(values: list[Any]) -> np.ndarray:
-    """A JSON list with nulls -> float64 array with NaN."""
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
