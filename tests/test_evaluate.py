@@ -299,6 +299,30 @@ def test_unseen_rows_pass_and_a_bundle_without_record_is_unverified(designed, tm
     hand_bundle(models, "iou_large", 0, seen={"mose": sorted(set(c.groups))})
     summary = ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "b")
     assert summary["protocol"] == "out-of-sample"
+    # validated and searched on this container (a val_container): unseen, but a note says so
+    from usam.protocol import container_identity
+
+    hand_bundle(
+        models,
+        "iou_large",
+        0,
+        hpo={"method": "smac"},
+        record={"val_container": container_identity(c), "split": None, "fit": "all"},
+    )
+    summary = ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "s")
+    assert summary["protocol"] == "out-of-sample"
+    notes = json.loads((tmp_path / "s" / "report.json").read_text())["notes"]
+    assert any("hyperparameters of iou_large were searched on these rows" in n for n in notes)
+    hand_bundle(
+        models,
+        "iou_large",
+        0,
+        hpo={"method": "none"},
+        record={"val_container": container_identity(c)},
+    )
+    ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "t")
+    notes = json.loads((tmp_path / "t" / "report.json").read_text())["notes"]
+    assert not any("were searched on" in n for n in notes)
     hand_bundle(models, "iou_large", 0, seen=None)
     summary = ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "c")
     assert summary["protocol"] == "unverified"

@@ -266,6 +266,14 @@ class Evaluator:
             )
         level = logging.INFO if status in ("out-of-sample", "no-predictors") else logging.WARNING
         self.note(text, level)
+        tuned = [t for t, p in bundles.items() if searched_on(p.config, view, split)]
+        if tuned:
+            self.note(
+                f"the hyperparameters of {', '.join(tuned)} were searched on these rows (their "
+                "validation rows): unseen by the fit, but the choice of settings is mildly "
+                "optimistic here",
+                logging.WARNING,
+            )
         return {
             "status": status,
             "statement": text,
@@ -506,6 +514,17 @@ class Evaluator:
                 writer.close()
         log.info("report written to %s", files["report"])
         return files
+
+
+def searched_on(config: dict[str, Any], view: Container, split: str) -> bool:
+    """Did a hyperparameter search of this bundle score itself on the rows of `view`?"""
+    record = config.get("data") or {}
+    if (config.get("hpo") or {}).get("method", "none") == "none" or not record:
+        return False
+    digest = container_identity(view)["meta_sha256"]
+    if record.get("val_container"):  # validated (and searched) on a container of its own
+        return record["val_container"]["meta_sha256"] == digest
+    return split == "val" and any(x["meta_sha256"] == digest for x in record["containers"])
 
 
 def model_positions(view: Container, model: str) -> np.ndarray:
