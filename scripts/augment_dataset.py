@@ -48,6 +48,11 @@ def sam_version(model_root: Path) -> str:
     return "sam2.1"
 
 
+def sav_subset(value: str) -> str:
+    """`0` -> `sav_000` (the published flag took subset numbers); folder names pass through."""
+    return f"sav_{int(value):03d}" if value.isdigit() else value
+
+
 def overrides(args: argparse.Namespace) -> list[str]:
     dataset = DATASETS.get(args.dataset.lower())
     if dataset is None:
@@ -82,7 +87,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
     if args.end is not None:
         out.append(f"++dataset.end={args.end}")
     if args.train_subsets:
-        out.append(f"dataset.train_subsets=[{','.join(args.train_subsets)}]")
+        out.append(f"dataset.train_subsets=[{','.join(map(sav_subset, args.train_subsets))}]")
     return out + list(args.overrides)
 
 
@@ -106,7 +111,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--start", type=int, default=0, help="first image index (after --sample)")
     p.add_argument("--end", type=int, default=None, help="one past the last image index")
     p.add_argument("--sample", type=int, default=1, help="keep every k-th frame")
-    p.add_argument("--train-subsets", nargs="+", help="SA-V: sav_NNN folders to read")
+    p.add_argument(
+        "--train-subsets",
+        nargs="+",
+        help="SA-V: subsets to read, as numbers (0 1) or folders (sav_000)",
+    )
     p.add_argument(
         "--print-overrides", action="store_true", help="print the usam.extract command and exit"
     )

@@ -20,6 +20,7 @@ from usam.containers import Container
 from usam.errors import UsamError
 from usam.evaluate import Evaluator, run
 from usam.mlp import TARGETS, UsamMLP, save_bundle
+from usam.protocol import write_seen
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS, INSTANCES = 20, 3  # 60 instances per model
@@ -90,8 +91,28 @@ def designed_container(
     return out, {m: {k: np.concatenate(v) for k, v in d.items()} for m, d in truth.items()}
 
 
-def hand_bundle(directory: Path, target: str, coordinate: int, **config) -> Path:
-    """An MLP whose output is sigmoid(token coordinate): strictly increasing in it."""
+ELSEWHERE = {"davis": ["elsewhere"]}  # a fit on groups that no test container holds
+
+
+def fit_record(seen: dict[str, list[str]], bundle: Path, **record) -> dict:
+    """The `data` entry python -m usam.train writes, with `seen` as the fitted groups."""
+    record = {
+        "containers": [{"path": "/elsewhere/c", "meta_sha256": "0" * 64, "rows": 1}],
+        "val_container": None,
+        "filters": {"model": None, "augmented": False},
+        "split": {"by": "group", "val_fraction": 0.2, "seed": 0},
+        "fit": "train+val",
+        **record,
+    }
+    return {**record, **write_seen(bundle, seen)}
+
+
+def hand_bundle(
+    directory: Path, target: str, coordinate: int, seen: dict | None = ELSEWHERE, **config
+) -> Path:
+    """An MLP whose output is sigmoid(token coordinate): strictly increasing in it.
+
+    `seen`: the groups its (pretended) fit used; None = a bundle without that record."""
     model = UsamMLP()
     with torch.no_grad():
         for layer in model.net:
@@ -101,6 +122,8 @@ def hand_bundle(directory: Path, target: str, coordinate: int, **config) -> Path
         model.net[0].weight[0, 0] = model.net[0].weight[1, 1] = 1.0
         model.net[2].weight[0, 0] = model.net[2].weight[1, 1] = 1.0
         model.net[4].weight[0, coordinate] = 1.0
+    if seen is not None:
+        config["data"] = fit_record(seen, directory / target, **config.pop("record", {}))
     return save_bundle(
         directory / target,
         model,
@@ -228,24 +251,86 @@ def test_tensorboard_scalars(designed, tmp_path):
     assert not (tmp_path / "curves_segmentation.png").exists()
 
 
-def test_val_split_and_in_sample_warning(designed, tmp_path):
+def test_seen_rows_are_refused_unless_allowed_and_then_labelled(designed, tmp_path):
     container, _, _ = designed
+    c = Container.open(container)
+    _, val = c.split(val_fraction=0.2, seed=0)
+    val_groups = sorted(set(val.groups))
     models = tmp_path / "models"
-    hand_bundle(models, "iou_large", 0, container=str(container), trained_on="train+val", seed=0)
-    report_dir = tmp_path / "run"
-    summary = Evaluator(device="cpu", plots=False, tensorboard=False).run(
-        container=container, predictors=models, split="val", run_dir=report_dir
-    )
-    _, val = Container.open(container).split(val_fraction=0.2, seed=0)
+    # iou_large's fit saw one validation group (not the first one): 3 instances x 2 models
+    hand_bundle(models, "iou_large", 0, seen={"davis": ["v900", val_groups[-1]]})
+    hand_bundle(models, "prompt_gap", 1)  # saw nothing evaluated here
+    ev = Evaluator(device="cpu", plots=True, tensorboard=False)
+    with pytest.raises(UsamError, match=r"predictors iou_large were trained on up to 6 of the"):
+        ev.run(container=container, predictors=models, split="val", run_dir=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # refused before anything was written
+    ev = Evaluator(device="cpu", plots=True, tensorboard=False, allow_in_sample_results=True)
+    summary = ev.run(container=container, predictors=models, split="val", run_dir=tmp_path / "r")
     assert summary["rows"] == len(val) < 2 * GROUPS * INSTANCES
-    report = json.loads((report_dir / "report.json").read_text())
-    assert any("in-sample" in s for s in report["notes"])
+    assert summary["protocol"] == "in-sample"
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["protocol"]["predictors"]["iou_large"]["rows_seen"] == 6
+    assert report["protocol"]["predictors"]["prompt_gap"]["rows_seen"] == 0
+    assert report["protocol"]["statement"].startswith("IN-SAMPLE: iou_large")
     large_val = int((val.models == "large").sum())
+    seg = report["use_cases"]["segmentation"]
+    assert seg["rows"] + sum(seg["rows_dropped_nan"].values()) == large_val
+    # the plots say so too: their title is drawn from the same label
+    from usam.evaluate import LABELS, format_table
+
+    assert format_table(report).splitlines()[0].startswith("USAM evaluation [IN-SAMPLE]")
     assert (
-        report["use_cases"]["segmentation"]["rows"]
-        + sum(report["use_cases"]["segmentation"]["rows_dropped_nan"].values())
-        == large_val
+        LABELS["in-sample"] == " [IN-SAMPLE]"
+        and (tmp_path / "r" / "curves_segmentation.png").is_file()
     )
+
+
+def test_unseen_rows_pass_and_a_bundle_without_record_is_unverified(designed, tmp_path):
+    container, _, _ = designed
+    c = Container.open(container)
+    train, val = c.split(val_fraction=0.2, seed=0)
+    models = tmp_path / "models"
+    hand_bundle(models, "iou_large", 0, seen={"davis": sorted(set(train.groups))})
+    ev = Evaluator(device="cpu", plots=False, tensorboard=False)
+    summary = ev.run(container=container, predictors=models, split="val", run_dir=tmp_path / "a")
+    assert summary["protocol"] == "out-of-sample" and summary["rows"] == len(val)
+    assert f"none of the {len(set(val.groups))} groups" in summary["protocol_statement"]
+    # the same rows, but the fit was of another dataset's groups of the same names: unseen
+    hand_bundle(models, "iou_large", 0, seen={"mose": sorted(set(c.groups))})
+    summary = ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "b")
+    assert summary["protocol"] == "out-of-sample"
+    # validated and searched on this container (a val_container): unseen, but a note says so
+    from usam.protocol import container_identity
+
+    hand_bundle(
+        models,
+        "iou_large",
+        0,
+        hpo={"method": "smac"},
+        record={"val_container": container_identity(c), "split": None, "fit": "all"},
+    )
+    summary = ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "s")
+    assert summary["protocol"] == "out-of-sample"
+    notes = json.loads((tmp_path / "s" / "report.json").read_text())["notes"]
+    assert any("hyperparameters of iou_large were searched on these rows" in n for n in notes)
+    hand_bundle(
+        models,
+        "iou_large",
+        0,
+        hpo={"method": "none"},
+        record={"val_container": container_identity(c)},
+    )
+    ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "t")
+    notes = json.loads((tmp_path / "t" / "report.json").read_text())["notes"]
+    assert not any("were searched on" in n for n in notes)
+    hand_bundle(models, "iou_large", 0, seen=None)
+    summary = ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "c")
+    assert summary["protocol"] == "unverified"
+    # an edited record of seen groups is caught
+    hand_bundle(models, "iou_large", 0)
+    (models / "iou_large" / "seen_groups.json").write_text('{"groups": {}}')
+    with pytest.raises(UsamError, match="does not match the digest"):
+        ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "d")
 
 
 def test_random_weights_are_loud(tmp_path, compose_cfg, capsys):
@@ -323,35 +408,50 @@ def test_bad_inputs(designed, tmp_path):
 
 
 def test_with_bundles_from_usam_train(designed, compose_cfg, tmp_path):
-    """The layout python -m usam.train writes (<out_dir>/<target>/) is what evaluate reads."""
+    """The layout python -m usam.train writes (<out_dir>/<target>/) is what evaluate reads,
+    and its record of the fitted rows decides what evaluate may score."""
     from usam.train import run as train_run
 
     container, _, _ = designed
-    train_run(
-        compose_cfg(
-            "train",
-            [
-                f"container={container}",
-                "predictor=task_gap",
-                "predictor.epochs=1",
-                "predictor.batch_size=64",
-                "predictor.lr=0.01",
-                "predictor.momentum=0.5",
-                "trainer.progress=false",
-                "device=cpu",
-                f"out_dir={tmp_path / 'models'}",
-            ],
+
+    def train(out: str, *overrides: str) -> Path:
+        train_run(
+            compose_cfg(
+                "train",
+                [
+                    f"container={container}",
+                    "predictor=task_gap",
+                    "predictor.epochs=1",
+                    "predictor.batch_size=64",
+                    "predictor.lr=0.01",
+                    "predictor.momentum=0.5",
+                    "trainer.progress=false",
+                    "device=cpu",
+                    f"out_dir={tmp_path / out}",
+                    *overrides,
+                ],
+            )
         )
-    )
-    summary = Evaluator(
-        device="cpu", plots=False, tensorboard=False, use_cases=["task_supervision"]
-    ).run(
-        container=container, predictors=tmp_path / "models", split="val", run_dir=tmp_path / "eval"
-    )
+        return tmp_path / out
+
+    ev = Evaluator(device="cpu", plots=False, tensorboard=False, use_cases=["task_supervision"])
+    refit = train("refit")  # trainer.refit_all=true: the validation split is in the fit
+    with pytest.raises(UsamError, match="predictors task_gap were trained on"):
+        ev.run(container=container, predictors=refit, split="val", run_dir=tmp_path / "e1")
+    # refit_all=false with a 30% split: evaluate takes that split from the bundle
+    held = train("held", "trainer.refit_all=false", "trainer.val_fraction=0.3")
+    summary = ev.run(container=container, predictors=held, split="val", run_dir=tmp_path / "e2")
+    _, val = Container.open(container).split(val_fraction=0.3, seed=0)
+    assert summary["rows"] == len(val) and summary["protocol"] == "out-of-sample"
     aucs = summary["relative_auc"]["task_supervision"]
     assert np.isfinite(aucs["usam_task_gap"]) and aucs["oracle"] == 1.0
-    notes = json.loads((tmp_path / "eval" / "report.json").read_text())["notes"]
-    assert any("task_gap was trained on rows of this container (train+val)" in s for s in notes)
+    # a split chosen by hand that reaches into the training groups is refused
+    with pytest.raises(UsamError, match="trained on up to"):
+        Evaluator(device="cpu", val_fraction=0.6).run(
+            container=container, predictors=held, split="val", run_dir=tmp_path / "e3"
+        )
+    with pytest.raises(UsamError, match="trained on up to"):
+        ev.run(container=container, predictors=held, split="all", run_dir=tmp_path / "e4")
 
 
 def test_cli_prints_table_then_json(designed, tmp_path):
@@ -388,36 +488,6 @@ def test_cli_prints_table_then_json(designed, tmp_path):
         timeout=300,
     )
     assert bad.returncode == 1 and "not found" in bad.stderr and "Traceback" not in bad.stderr
-
-
-@pytest.mark.parametrize(
-    ("config", "split", "expect"),
-    [
-        ({"container": "C", "trained_on": "train", "seed": 0}, "val", None),
-        ({"container": "C", "trained_on": "train", "seed": 1}, "val", "seed 1"),
-        ({"container": "C", "trained_on": "train+val", "seed": 0}, "val", "in-sample"),
-        ({"container": "C", "trained_on": "train", "seed": 0}, "all", "in-sample"),
-        ({"container": "OTHER", "trained_on": "train+val", "seed": 0}, "all", None),
-        ({"container": "OTHER", "val_container": "C", "trained_on": "train"}, "all", None),
-        (
-            {"container": "OTHER", "val_container": "C", "trained_on": "train+val"},
-            "all",
-            "in-sample",
-        ),
-        ({"container": "C", "val_container": "OTHER", "trained_on": "train"}, "val", "in-sample"),
-    ],
-)
-def test_in_sample_detection(tmp_path, config, split, expect):
-    from types import SimpleNamespace
-
-    paths = {"C": str(tmp_path / "c"), "OTHER": str(tmp_path / "other")}
-    config = {k: paths.get(v, v) for k, v in config.items()}
-    ev = Evaluator(device="cpu")
-    ev._check_leak(config, "iou_large", SimpleNamespace(path=tmp_path / "c"), split)
-    if expect is None:
-        assert ev.notes == []
-    else:
-        assert len(ev.notes) == 1 and expect in ev.notes[0]
 
 
 def test_default_config_composes(compose_cfg, tmp_path):

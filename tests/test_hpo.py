@@ -144,3 +144,62 @@ def test_bad_settings():
         SmacHPO(n_trials=0)
     with pytest.raises(UsamError, match="min_budget"):
         SmacHPO(multi_fidelity=True, min_budget=10, max_budget=5)
+    with pytest.raises(UsamError, match="initial_design"):
+        SmacHPO(initial_design=0)
+
+
+def test_default_space_is_log_and_the_published_one_uniform(compose_cfg):
+    from hydra.utils import instantiate
+
+    def scales(option: str) -> dict[str, bool]:
+        runner = instantiate(compose_cfg("train", [f"hpo={option}"]).hpo)
+        return {h.name: bool(getattr(h, "log", False)) for h in runner.space().values()}
+
+    assert scales("smac") == {"lr": True, "batch_size": True, "momentum": False, "epochs": False}
+    assert scales("smac_published") == {
+        "lr": False,
+        "batch_size": False,
+        "momentum": False,
+        "epochs": False,
+    }
+    # Hyperband: epochs are the budget, not searched
+    assert scales("smac_hyperband_published") == {
+        "lr": False,
+        "batch_size": False,
+        "momentum": False,
+    }
+    published = compose_cfg("train", ["hpo=smac_hyperband_published"]).hpo
+    assert (published.min_budget, published.max_budget, published.eta) == (5, 35, 3)
+    assert (published.initial_design, published.incumbent_epochs, published.n_trials) == (
+        5,
+        60,
+        100,
+    )
+    ours = compose_cfg("train", ["hpo=smac_hyperband"]).hpo
+    assert ours.initial_design is None and ours.incumbent_epochs is None and ours.log_scale
+
+
+def test_initial_design_size_and_incumbent_epochs(tmp_path):
+    base = {"lr": 1.0, "epochs": 1, "batch_size": 1, "momentum": 0.0}
+    # SMAC's default initial design is capped at 25% of the trials: 2 of 8
+    _, info = SmacHPO(n_trials=8, progress=False).search(
+        bowl, base, out_dir=tmp_path / "a", name="t"
+    )
+    assert info["initial_design"] == 2 and info["space"] == "log"
+    best, info = SmacHPO(n_trials=8, initial_design=5, log_scale=False, progress=False).search(
+        bowl, base, out_dir=tmp_path / "b", name="t"
+    )
+    assert info["initial_design"] == 5 and info["space"] == "uniform"
+    assert 5 <= best["epochs"] <= 80  # BO searches epochs; no incumbent_epochs given
+    # Hyperband: the incumbent is retrained for incumbent_epochs, not the top budget
+    best, info = SmacHPO(
+        n_trials=6,
+        multi_fidelity=True,
+        min_budget=1,
+        max_budget=3,
+        initial_design=3,
+        incumbent_epochs=7,
+        progress=False,
+    ).search(bowl, base, out_dir=tmp_path / "c", name="t")
+    assert best["epochs"] == 7 and info["incumbent"]["epochs"] == 7
+    assert info["initial_design"] == 3

@@ -6,7 +6,20 @@ import json
 import subprocess
 import sys
 
-from usam.pipeline import available_targets, override_key, stage_overrides
+import pytest
+
+from usam import CONF_DIR
+from usam.errors import UsamError
+from usam.pipeline import (
+    SET_BY_PIPELINE,
+    STAGES,
+    accepted_keys,
+    available_targets,
+    override_key,
+    route,
+    stage_overrides,
+    training_split,
+)
 
 
 def test_overrides_go_to_the_stages_that_know_them():
@@ -14,34 +27,92 @@ def test_overrides_go_to_the_stages_that_know_them():
         "dataset=davis",
         "sam_model=random",
         "augment=paper",
-        "predictor=iou_tiny",
         "predictor.lr=0.01",
         "hpo=smac",
         "+trainer.refit_all=false",
         "++evaluator.model=tiny",
         "pipeline.targets=[iou_tiny]",
         "paths.data=/d",
+        "+device=cpu",
+        "val_container=/v",
+        "overwrite=false",
     ]
     assert override_key("~+sam_model.sizes=[tiny]") == "sam_model"
-    assert stage_overrides("extract", ovr) == [
+    routed = route(ovr)
+    assert routed["extract"] == [
         "dataset=davis",
         "sam_model=random",
         "augment=paper",
         "paths.data=/d",
     ]
-    assert stage_overrides("container", ovr) == ["dataset=davis", "paths.data=/d"]
-    assert stage_overrides("train", ovr) == [
+    assert routed["container"] == ["dataset=davis", "paths.data=/d", "overwrite=false"]
+    assert routed["train"] == [
         "dataset=davis",
         "predictor.lr=0.01",
         "hpo=smac",
         "++trainer.refit_all=false",
         "paths.data=/d",
+        "++device=cpu",
+        "val_container=/v",
     ]
-    assert stage_overrides("evaluate", ovr) == [
+    assert routed["evaluate"] == [
         "dataset=davis",
         "++evaluator.model=tiny",
         "paths.data=/d",
+        "++device=cpu",
     ]
+    assert stage_overrides("container", ovr) == routed["container"]
+
+
+def test_every_group_and_key_of_every_stage_is_routed():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    for stage in STAGES:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name=stage, return_hydra_config=True)
+        groups = [g for g in cfg.hydra.runtime.choices if not g.startswith("hydra")]
+        keys = [k for k in cfg if k not in ("hydra", "stage")]
+        assert {"paths", "dataset"} <= set(groups) and keys
+        for name in dict.fromkeys([*groups, *keys]):
+            if any(name in SET_BY_PIPELINE.get(s, {}) and name in accepted_keys(s) for s in STAGES):
+                with pytest.raises(UsamError, match=f"'s {name} itself"):
+                    route([f"++{name}.x=1"])
+                continue
+            assert f"++{name}.x=1" in route([f"++{name}.x=1"])[stage], (stage, name)
+            # and it reaches no stage whose config lacks it
+            for other in STAGES:
+                if other != stage and name not in accepted_keys(other):
+                    assert f"++{name}.x=1" not in route([f"++{name}.x=1"])[other]
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+bogus=1", "no stage of the pipeline accepts 'bogus'"),
+        ("+trainr.refit_all=false", "no stage of the pipeline accepts 'trainr'"),
+        ("predictor=iou_tiny", "pipeline.targets"),
+        ("split=all", "the pipeline sets evaluate's split itself"),
+        ("container=/c", "the pipeline sets train's container itself"),
+    ],
+)
+def test_an_override_no_stage_accepts_is_an_error(override, message):
+    with pytest.raises(UsamError, match=message):
+        route(["dataset=davis", override])
+
+
+def test_training_split_by_protocol():
+    assert training_split("auto", ["train", "val", "test"], "val", "davis") == "train"
+    assert training_split("auto", ["val"], "val", "sample") is None
+    assert training_split("auto", ["train", "val"], "train", "mose") is None
+    assert training_split(None, ["train", "val"], "val", "mose") is None
+    assert training_split("test", ["train", "val", "test"], "val", "sav") == "test"
+    with pytest.raises(UsamError, match="equals dataset.split"):
+        training_split("val", ["train", "val"], "val", "davis")
+    with pytest.raises(UsamError, match="has splits val"):
+        training_split("train", ["val"], "val", "sample")
 
 
 def test_targets_follow_the_models():
@@ -104,5 +175,15 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path):
         assert (tmp_path / summary["predictors"] / target / "model.safetensors").is_file()
     report = json.loads((folders["evaluate"] / "report.json").read_text())
     assert report["random_weights"] is True
+    # one split (the sample's val, 2 videos): train on one video, evaluate the other
+    assert (
+        summary["protocol"]["name"] == "group split" and summary["protocol"]["train_split"] is None
+    )
+    assert summary["protocol"]["evaluation"] == "out-of-sample"
+    assert report["protocol"]["status"] == "out-of-sample" and report["split"] == "val"
+    assert report["protocol"]["groups"] == 1
+    bundle = json.loads((tmp_path / summary["predictors"] / "task_gap" / "config.json").read_text())
+    assert bundle["data"]["fit"] == "train" and bundle["data"]["seen_groups"] == 1
+    assert "out-of-sample" in res.stderr + res.stdout
     assert (folders["evaluate"] / "curves_model_selection.png").is_file()
     assert "RANDOM weights" in res.stderr + res.stdout

@@ -276,7 +276,6 @@ def test_run_writes_bundle_tensorboard_and_summary(tmp_path, compose_cfg):
         "predictor=model_gap",
         *FAST,
         "predictor.filter_model=large",
-        "predictor.no_augmented=true",
         f"out_dir={tmp_path / 'models'}",
     )
     summary = run(cfg)

@@ -35,6 +35,7 @@ from usam.evaluation import (
     pearson_matrix,
     r_grid,
 )
+from usam.protocol import container_identity, describe, group_table, read_seen, seen_rows
 from usam.sam import resolve_device
 from usam.storage import atomic_path, write_json
 
@@ -48,6 +49,7 @@ SHORT = {
     "task_supervision": "task",
     "segmentation": "segm",
 }
+LABELS = {"in-sample": " [IN-SAMPLE]", "unverified": " [UNVERIFIED: training rows unknown]"}
 RANDOM_WARNING = (
     "RANDOM SAM WEIGHTS: the container or a predictor was made with untrained SAM 2 weights; "
     "these numbers test the pipeline and mean nothing about SAM or USAM"
@@ -67,13 +69,6 @@ def open_container(path: str | Path | None) -> Container:
     return Container.open(path)
 
 
-def _same_path(a: Any, b: Any) -> bool:
-    try:
-        return Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
-    except (OSError, RuntimeError):
-        return False
-
-
 class Evaluator:
     """Curves, relative AUCs and correlations of one container split; see the module docstring."""
 
@@ -83,8 +78,9 @@ class Evaluator:
         model: str | None = None,
         use_cases: Sequence[str] = tuple(USE_CASES),
         augmented: bool = False,
-        val_fraction: float = 0.2,
-        seed: int = 0,
+        val_fraction: float | None = None,
+        seed: int | None = None,
+        allow_in_sample_results: bool = False,
         r_max: float = 0.5,
         r_points: int = 51,
         device: str = "auto",
@@ -95,7 +91,7 @@ class Evaluator:
         unknown = [u for u in use_cases if u not in USE_CASES]
         if unknown:
             raise UsamError(f"unknown use case(s) {unknown}; choose from {', '.join(USE_CASES)}")
-        if not 0.0 < float(val_fraction) < 1.0:
+        if val_fraction is not None and not 0.0 < float(val_fraction) < 1.0:
             raise UsamError(f"evaluator.val_fraction must be in (0, 1), got {val_fraction}")
         try:
             self.r = r_grid(float(r_max), int(r_points))
@@ -103,11 +99,11 @@ class Evaluator:
             raise UsamError(f"evaluator.r_max / r_points: {err}") from None
         self.model = None if model in (None, "", "None") else str(model)
         self.use_cases = list(use_cases)
-        self.augmented, self.val_fraction, self.seed = (
-            bool(augmented),
-            float(val_fraction),
-            int(seed),
-        )
+        self.augmented = bool(augmented)
+        # null: the split the predictors' training held out (their bundles record it)
+        self.val_fraction = None if val_fraction is None else float(val_fraction)
+        self.seed = None if seed is None else int(seed)
+        self.allow_in_sample = bool(allow_in_sample_results)
         self.device = resolve_device(str(device), key="evaluator.device")
         self.batch_size = int(batch_size)
         self.plots, self.tensorboard = bool(plots), bool(tensorboard)
@@ -120,20 +116,44 @@ class Evaluator:
         self.notes.append(message)
 
     # ---- inputs ----------------------------------------------------------------------------
-    def rows(self, c: Container, split: str) -> Container:
-        """The rows to evaluate: the validation split (as training held it out) or all rows."""
-        if split == "all":
-            view = c
-        elif split in ("val", "train"):
-            train, val = c.split(val_fraction=self.val_fraction, seed=self.seed)
-            view = val if split == "val" else train
-        else:
+    def rows(self, c: Container, split: str, val_fraction: float, seed: int) -> Container:
+        """The rows to evaluate: the validation split (as training held it out) or all rows.
+
+        Filtered before the split, as python -m usam.train does, so that both split the
+        same rows the same way.
+        """
+        if split not in ("all", "val", "train"):
             raise UsamError(f"split={split!r}; use val (the container's validation split) or all")
-        if not self.augmented:
-            view = view.filter(augmented=False)
+        view = c if self.augmented else c.filter(augmented=False)
+        if split != "all" and len(view):
+            train, val = view.split(val_fraction=val_fraction, seed=seed)
+            view = val if split == "val" else train
         if len(view) == 0:
             raise UsamError(f"{c.path}: no rows in split={split} (augmented={self.augmented})")
         return view
+
+    def split_of(self, c: Container, bundles: dict[str, Any]) -> tuple[float, int]:
+        """(val_fraction, seed): the evaluator's if set, else the one training used on `c`."""
+        ident = container_identity(c)
+        used = set()
+        for p in bundles.values():
+            record = p.config.get("data") or {}
+            mine = any(
+                x["meta_sha256"] == ident["meta_sha256"] or x["path"] == ident["path"]
+                for x in record.get("containers", [])
+            )
+            if mine and record.get("split"):
+                used.add((float(record["split"]["val_fraction"]), int(record["split"]["seed"])))
+        if len(used) > 1 and (self.val_fraction is None or self.seed is None):
+            raise UsamError(
+                f"the predictors were validated on different splits of {c.path} "
+                f"({sorted(used)}); set evaluator.val_fraction and evaluator.seed"
+            )
+        fraction, seed = next(iter(used)) if used else (0.2, 0)
+        return (
+            fraction if self.val_fraction is None else self.val_fraction,
+            seed if self.seed is None else self.seed,
+        )
 
     def pick_model(self, c: Container) -> str:
         models = list(c.meta["models"])
@@ -146,7 +166,7 @@ class Evaluator:
         known = [m for m in MODEL_ORDER if m in models]
         return known[-1] if known else models[-1]
 
-    def load_predictors(self, directory: Any, container: Container, split: str) -> dict[str, Any]:
+    def load_predictors(self, directory: Any, container: Container) -> dict[str, Any]:
         """target -> Predictor for every bundle under `directory` (`<dir>/<target>/` or one bundle)."""
         from usam.mlp import TARGETS, Predictor
 
@@ -187,36 +207,81 @@ class Evaluator:
                     f"{where}: the predictor takes {p.model.in_features} inputs but the container's "
                     f"tokens give {width}; retrain it on this kind of container"
                 )
-            self._check_leak(p.config, target, container, split)
             out[target] = p
             self.bundle_dirs[target] = where
         log.info("predictors from %s: %s", directory, ", ".join(out))
         return out
 
-    def _check_leak(
-        self, config: dict[str, Any], target: str, container: Container, split: str
-    ) -> None:
-        """Warn when a predictor was trained on the rows it is now evaluated on."""
-        trained_on = config.get("trained_on", "train+val")
-        same_train = _same_path(config.get("container"), container.path)
-        if config.get("val_container"):  # trained on all of `container`, validated on val_container
-            same_val = _same_path(config["val_container"], container.path)
-            in_sample = same_train or (same_val and trained_on != "train")
-        else:  # trained on the train split of `container`, or on all of it when refit
-            in_sample = same_train and (split in ("all", "train") or trained_on != "train")
-        if in_sample:
+    def check_leak(self, bundles: dict[str, Any], view: Container, split: str) -> dict[str, Any]:
+        """Which evaluated rows each predictor's fit saw; refuse any unless explicitly allowed.
+
+        A row counts as seen when its (dataset, group) was in the fit (usam.protocol).
+        Returns the report's `protocol` entry: status out-of-sample, in-sample, unverified
+        (a bundle without a record of its rows) or no-predictors.
+        """
+        n = len(view)
+        groups = sum(len(g) for g in group_table([view]).values())
+        where = f"{view.path}, split={split}"
+        per: dict[str, Any] = {}
+        seen_by: dict[str, int] = {}
+        unverified = []
+        for target, p in bundles.items():
+            record = p.config.get("data")
+            if not record:
+                unverified.append(target)
+                per[target] = {"fitted_on": None, "rows_seen": None}
+                continue
+            k = int(seen_rows(view, read_seen(self.bundle_dirs[target], record)).sum())
+            per[target] = {"fitted_on": describe(record), "rows_seen": k}
+            if k:
+                seen_by[target] = k
+        if seen_by and not self.allow_in_sample:
+            worst = max(seen_by.values())
+            raise UsamError(
+                f"predictors {', '.join(seen_by)} were trained on up to {worst} of the {n} rows "
+                f"this evaluation would score ({where}): in-sample numbers are not results. "
+                "Evaluate rows they never saw (a separate container with split=all, or train with "
+                "trainer.refit_all=false and evaluate split=val), or set "
+                "evaluator.allow_in_sample_results=true to report them labelled IN-SAMPLE"
+            )
+        if not bundles:
+            status, text = "no-predictors", "no USAM predictors evaluated (nothing was trained)"
+        elif seen_by:
+            status = "in-sample"
+            text = (
+                f"IN-SAMPLE: {', '.join(seen_by)} were trained on up to {max(seen_by.values())} of "
+                f"the {n} rows evaluated ({where}); their numbers are optimistic, not results"
+            )
+        elif unverified:
+            status = "unverified"
+            text = (
+                f"UNVERIFIED: {', '.join(unverified)} do not record the rows they were trained on "
+                "(a bundle from an older usam or imported); the other predictors never saw these rows"
+            )
+        else:
+            status = "out-of-sample"
+            text = (
+                f"out-of-sample: none of the {groups} groups ({n} rows) evaluated ({where}) was in "
+                "any predictor's training fit"
+            )
+        level = logging.INFO if status in ("out-of-sample", "no-predictors") else logging.WARNING
+        self.note(text, level)
+        tuned = [t for t, p in bundles.items() if searched_on(p.config, view, split)]
+        if tuned:
             self.note(
-                f"predictor {target} was trained on rows of this container ({trained_on}) that are "
-                f"evaluated here (split={split}): its numbers are in-sample and optimistic. Evaluate "
-                f"a separate test container (split=all) or train with trainer.refit_all=false",
+                f"the hyperparameters of {', '.join(tuned)} were searched on these rows (their "
+                "validation rows): unseen by the fit, but the choice of settings is mildly "
+                "optimistic here",
                 logging.WARNING,
             )
-        elif same_train and config.get("seed") is not None and int(config["seed"]) != self.seed:
-            self.note(
-                f"predictor {target} held out the split of seed {config['seed']}, this run uses "
-                f"evaluator.seed={self.seed}: set evaluator.seed={config['seed']}",
-                logging.WARNING,
-            )
+        return {
+            "status": status,
+            "statement": text,
+            "rows": n,
+            "groups": groups,
+            "allow_in_sample_results": self.allow_in_sample,
+            "predictors": per,
+        }
 
     def predict(self, predictors: dict[str, Any], view: Container) -> dict[str, np.ndarray]:
         """Each predictor's value for every row of `view`, in the target's units."""
@@ -335,9 +400,11 @@ class Evaluator:
         self.notes, self.bundle_dirs = [], {}
         run_dir = Path(run_dir)
         c = open_container(container)
-        view = self.rows(c, str(split))
         model = self.pick_model(c)
-        bundles = self.load_predictors(predictors, c, str(split))
+        bundles = self.load_predictors(predictors, c)
+        val_fraction, seed = self.split_of(c, bundles)
+        view = self.rows(c, str(split), val_fraction, seed)
+        protocol = self.check_leak(bundles, view, str(split))
         random_weights = c.random_weights or any(
             p.config.get("random_weights", False) for p in bundles.values()
         )
@@ -356,9 +423,10 @@ class Evaluator:
             "datasets": c.meta.get("datasets"),
             "sam_versions": c.meta.get("sam_versions"),
             "split": str(split),
-            "val_fraction": self.val_fraction if split != "all" else None,
-            "seed": self.seed,
+            "val_fraction": val_fraction if split != "all" else None,
+            "seed": seed if split != "all" else None,
             "augmented": self.augmented,
+            "protocol": protocol,
             "model": model,
             "rows": len(view),
             "predictors": {
@@ -366,6 +434,7 @@ class Evaluator:
                     "bundle": str(self.bundle_dirs[t]),
                     "random_weights": bool(p.config.get("random_weights", False)),
                     "trained_on": p.config.get("trained_on"),
+                    **protocol["predictors"][t],
                 }
                 for t, p in bundles.items()
             },
@@ -384,6 +453,8 @@ class Evaluator:
             "model": model,
             "rows": len(view),
             "random_weights": random_weights,
+            "protocol": protocol["status"],
+            "protocol_statement": protocol["statement"],
             "relative_auc": {k: v["relative_auc"] for k, v in cases.items() if "relative_auc" in v},
             "pearson_iou": corr["with_iou"],
             "report": str(files["report"]),
@@ -417,6 +488,7 @@ class Evaluator:
         )
         if self.plots:
             title = " [RANDOM SAM WEIGHTS]" if report["random_weights"] else ""
+            title += LABELS.get(report["protocol"]["status"], "")
             for name, case in cases.items():
                 files[f"plot_{name}"] = plot_curves(run_dir / f"curves_{name}.png", case, title)
             if len(corr["names"]) > 1:
@@ -442,6 +514,17 @@ class Evaluator:
                 writer.close()
         log.info("report written to %s", files["report"])
         return files
+
+
+def searched_on(config: dict[str, Any], view: Container, split: str) -> bool:
+    """Did a hyperparameter search of this bundle score itself on the rows of `view`?"""
+    record = config.get("data") or {}
+    if (config.get("hpo") or {}).get("method", "none") == "none" or not record:
+        return False
+    digest = container_identity(view)["meta_sha256"]
+    if record.get("val_container"):  # validated (and searched) on a container of its own
+        return record["val_container"]["meta_sha256"] == digest
+    return split == "val" and any(x["meta_sha256"] == digest for x in record["containers"])
 
 
 def model_positions(view: Container, model: str) -> np.ndarray:
@@ -539,10 +622,13 @@ def format_table(report: dict[str, Any]) -> str:
     lines = []
     if report["random_weights"]:
         lines.append("!" * 12 + " " + RANDOM_WARNING + " " + "!" * 12)
+    protocol = report["protocol"]
     lines.append(
-        f"USAM evaluation: {report['container']} (split={report['split']}, model={report['model']}, "
-        f"{report['rows']} rows of all models); relative AUC in %, Pearson r with the GT IoU"
+        f"USAM evaluation{LABELS.get(protocol['status'], '')}: {report['container']} "
+        f"(split={report['split']}, model={report['model']}, {report['rows']} rows of all models); "
+        "relative AUC in %, Pearson r with the GT IoU"
     )
+    lines.append(protocol["statement"])
     lines.append(f"{'measure':<{width}}  " + "  ".join(f"{h:>7}" for h in heads))
     for n in names:
         row = [cell(cases[c]["relative_auc"].get(n), True) for c in cases] + [

@@ -69,10 +69,14 @@ class _Target:
 
 
 class SmacHPO:
-    """SMAC 2 over lr [1e-4, 0.1] (log), epochs [5, 80], batch size [16, 256] (log), momentum [0.1, 0.9].
+    """SMAC 2 over lr [1e-4, 0.1], epochs [5, 80], batch size [16, 256], momentum [0.1, 0.9].
 
+    `log_scale=True` (usam's default) searches lr and batch size on a log scale, where their
+    effect is roughly even per decade; `log_scale=False` is the published, uniform space.
     `multi_fidelity=True` drops epochs from the space and runs Hyperband with epochs as the
-    budget (min_budget..max_budget); the incumbent is then trained for max_budget epochs.
+    budget (min_budget..max_budget); the incumbent is then trained for `incumbent_epochs`
+    (null = max_budget; the published run: 60). `initial_design` = configurations SMAC draws
+    before its model (null = SMAC's default; the published Hyperband run: 5).
     `n_workers > 1` runs trials in parallel on a local Dask cluster.
     SMAC's own files go to `<out_dir>/<name>/<seed>/` inside the run folder.
     """
@@ -92,6 +96,9 @@ class SmacHPO:
         momentum: tuple[float, float] = (0.1, 0.9),
         walltime_limit: float | None = None,
         progress: bool = True,
+        log_scale: bool = True,
+        initial_design: int | None = None,
+        incumbent_epochs: int | None = None,
     ):
         if int(n_trials) < 1:
             raise UsamError(f"hpo.n_trials must be >= 1, got {n_trials}")
@@ -112,14 +119,25 @@ class SmacHPO:
         }
         self.walltime_limit = walltime_limit
         self.progress = progress
+        # the published search: uniform lr and batch size, Hyperband with 5 initial
+        # configurations, incumbent retrained for 60 epochs (conf/hpo/*_published.yaml)
+        self.log_scale = bool(log_scale)
+        for key, value in (
+            ("initial_design", initial_design),
+            ("incumbent_epochs", incumbent_epochs),
+        ):
+            if value is not None and int(value) < 1:
+                raise UsamError(f"hpo.{key} must be >= 1 or null, got {value}")
+        self.initial_design = None if initial_design is None else int(initial_design)
+        self.incumbent_epochs = None if incumbent_epochs is None else int(incumbent_epochs)
 
     def space(self, seed: int = 0):
         from ConfigSpace import ConfigurationSpace, Float, Integer
 
         r = self.ranges
         hps = [
-            Float("lr", r["lr"], log=True),
-            Integer("batch_size", r["batch_size"], log=True),
+            Float("lr", r["lr"], log=self.log_scale),
+            Integer("batch_size", r["batch_size"], log=self.log_scale),
             Float("momentum", r["momentum"]),
         ]
         if not self.multi_fidelity:  # with Hyperband the budget decides the epochs
@@ -164,10 +182,12 @@ class SmacHPO:
             total=self.n_trials, desc=f"{name} SMAC trials", unit="trial", disable=not self.progress
         )
         trials: list[float] = []
+        origins: dict[Any, str] = {}  # where SMAC got each configuration (initial design or model)
 
         class Report(Callback):
             def on_tell_end(self, smbo, info, value):
                 trials.append(float(value.cost))
+                origins[info.config] = str(getattr(info.config, "origin", None))
                 if writer is not None:
                     writer.add_scalar("hpo/trial_loss", float(value.cost), len(trials) - 1)
                     if info.budget is not None:
@@ -185,15 +205,16 @@ class SmacHPO:
                 fn = _dask_runner(
                     scenario, fn, client, ["seed", "budget"] if self.multi_fidelity else ["seed"]
                 )
-            if self.multi_fidelity:
-                smac = MultiFidelityFacade(
-                    scenario,
-                    fn,
-                    intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=self.eta),
-                    **common,
+            facade = (
+                MultiFidelityFacade if self.multi_fidelity else HyperparameterOptimizationFacade
+            )
+            if self.initial_design is not None:  # exactly this many (SMAC caps at 25% of trials)
+                common["initial_design"] = facade.get_initial_design(
+                    scenario, n_configs=self.initial_design, max_ratio=1.0
                 )
-            else:
-                smac = HyperparameterOptimizationFacade(scenario, fn, **common)
+            if self.multi_fidelity:
+                common["intensifier"] = MultiFidelityFacade.get_intensifier(scenario, eta=self.eta)
+            smac = facade(scenario, fn, **common)
             incumbent = smac.optimize()
             best_loss = float(smac.runhistory.get_cost(incumbent))
         finally:
@@ -202,7 +223,8 @@ class SmacHPO:
                 client.close()
         if isinstance(incumbent, list):  # only multi-objective runs return several
             incumbent = incumbent[0]
-        best = target.hp(incumbent, self.max_budget if self.multi_fidelity else None)
+        epochs = self.incumbent_epochs or (self.max_budget if self.multi_fidelity else None)
+        best = target.hp(incumbent, epochs)
         log.info(
             "%s: SMAC incumbent %s (validation loss %.5f after %d trials)",
             name,
@@ -219,6 +241,9 @@ class SmacHPO:
             "best_loss": best_loss,
             "trial_losses": trials,
             "incumbent": {k: best[k] for k in ("batch_size", "epochs", "lr", "momentum")},
+            "space": "log" if self.log_scale else "uniform",
+            "configurations": len(origins),
+            "initial_design": sum(o.lower().startswith("initial design") for o in origins.values()),
             "output_directory": str(scenario.output_directory),
         }
         return best, info

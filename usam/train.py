@@ -1,9 +1,12 @@
 """Stage 3: python -m usam.train predictor=<target> — one USAM MLP per target.
 
-Reads a training container (Stage 2), keeps the rows with a finite target, shifts gap
-targets by +0.5 and clips to [0, 1], splits by group (20% validation), optionally searches
-hyperparameters (the `hpo` group), trains with the chosen ones, reports validation metrics,
-then retrains on all rows and saves a bundle `<out_dir>/<target>/` (see usam.mlp).
+Reads one or more training containers (Stage 2), keeps the original-image rows (unless
+`predictor.augmented=true`) with a finite target, shifts gap targets by +0.5 and clips to
+[0, 1], splits by group (20% validation) or validates on a separate `val_container`,
+optionally searches hyperparameters (the `hpo` group), trains with the chosen ones, reports
+validation metrics, then retrains on the training containers' rows (train + validation
+split; a separate `val_container` is never trained on) and saves a bundle
+`<out_dir>/<target>/` (see usam.mlp) that records the rows of that fit (usam.protocol).
 
 The training data lives on the device as two tensors; an epoch is a seeded random
 permutation cut into index batches, so there is no per-sample Python work.
@@ -14,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.errors import UsamError
 from usam.mlp import TARGETS, UsamMLP, save_bundle
+from usam.protocol import container_identity, group_table, split_groups, write_seen
 from usam.sam import resolve_device
 from usam.storage import write_json
 
@@ -112,12 +116,45 @@ class Data:
     y_val: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)  # container meta of the training data
     rows: dict[str, int] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)  # which rows the final fit uses
+    seen: dict[str, list[str]] = field(default_factory=dict)  # {dataset: groups} of those rows
+
+
+def _unset(value: Any) -> bool:
+    return value is None or str(value) in ("", "None")
+
+
+def container_paths(value: Any) -> list[str]:
+    """`container=<dir>` or `container=[<dir>, ...]` -> a list of paths."""
+    if isinstance(value, (str, Path)) or _unset(value):
+        return [value]
+    paths = [str(v) for v in value]
+    if not paths:
+        raise UsamError("container=[] names no container; give one or more directories")
+    return paths
+
+
+def merged_meta(parts: Sequence[Any]) -> dict[str, Any]:
+    """One meta for pooled containers: datasets, SAM versions and models of all, random if any is."""
+    if len(parts) == 1:
+        return dict(parts[0].meta)
+
+    def union(key: str) -> list[str]:
+        return list(dict.fromkeys(x for p in parts for x in p.meta.get(key) or []))
+
+    return {
+        **parts[0].meta,
+        "datasets": union("datasets"),
+        "sam_versions": union("sam_versions"),
+        "models": union("models"),
+        "random_weights": any(bool(p.meta.get("random_weights")) for p in parts),
+    }
 
 
 def open_container(path: str | Path | None, what: str):
     from usam.container import Container
 
-    if path is None or str(path) in ("", "None"):
+    if _unset(path):
         raise UsamError(f"no {what} given; set container=<dir written by python -m usam.container>")
     path = Path(str(path)).expanduser()
     if not path.exists():
@@ -188,59 +225,104 @@ class Trainer:
     def load(
         self,
         *,
-        container: str | Path,
+        container: str | Path | Sequence[str | Path],
         target: str,
         val_container: str | Path | None = None,
         filter_model: str | None = None,
-        no_augmented: bool = False,
+        augmented: bool = False,
     ) -> Data:
-        """Open, filter and split; every bad-input case fails here, before any training."""
+        """Open, filter and split; every bad-input case fails here, before any training.
+
+        `container` may be a list (e.g. one container per SA-V shard): their rows are pooled
+        and split by group together. `augmented=False` keeps original-image rows (the paper).
+        """
         if target not in TARGETS:
             raise UsamError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-        c = open_container(container, "container")
-        parts, paths = {"train": c}, {"train": container, "val": container}
-        if val_container not in (None, "", "None"):
-            parts["val"], paths["val"] = (
-                open_container(val_container, "val_container"),
-                val_container,
-            )
-        for name, part in parts.items():
+        paths = container_paths(container)
+        trains = [open_container(p, "container") for p in paths]
+        val = None if _unset(val_container) else open_container(val_container, "val_container")
+        for path, part in [*zip(paths, trains, strict=True), (val_container, val)]:
+            if part is None:
+                continue
             if target not in part.columns:
                 raise UsamError(
-                    f"{paths[name]}: no column {target!r} in this container "
+                    f"{path}: no column {target!r} in this container "
                     f"(it has: {', '.join(sorted(part.columns))}); rebuild it with python -m usam.container"
                 )
             models = list(part.meta.get("models", []))
             if filter_model not in (None, "") and filter_model not in models:
                 raise UsamError(
-                    f"{paths[name]}: predictor.filter_model={filter_model!r} but the container holds "
+                    f"{path}: predictor.filter_model={filter_model!r} but the container holds "
                     f"models {models}"
                 )
-        filters = {"model": filter_model or None, "augmented": False if no_augmented else None}
-        parts = {k: v.filter(**filters) for k, v in parts.items()}
-        if len(parts["train"]) == 0:
+            if part.meta["token_dim"] != trains[0].meta["token_dim"]:
+                raise UsamError(
+                    f"{path}: tokens of {part.meta['token_dim']} floats, but {paths[0]} has "
+                    f"{trains[0].meta['token_dim']}; train on containers of one kind"
+                )
+        if augmented and not any(len(c.filter(augmented=True)) for c in trains):
             raise UsamError(
-                f"{container}: no rows left after filtering ({filters}); relax the filter"
+                f"predictor.augmented=true but {', '.join(map(str, paths))} holds no image-variant "
+                "rows (extracted with augment=none or built with augmented=false)"
             )
-        if "val" not in parts:
-            parts["train"], parts["val"] = parts["train"].split(
-                val_fraction=self.val_fraction, seed=self.seed
+        filters = {"model": filter_model or None, "augmented": None if augmented else False}
+        trains = [c.filter(**filters) for c in trains]
+        if sum(len(c) for c in trains) == 0:
+            raise UsamError(
+                f"{', '.join(map(str, paths))}: no rows left after filtering ({filters}); relax the filter"
             )
+        if val is None:
+            pairs = split_groups(trains, self.val_fraction, self.seed)
+            parts = {"train": [a for a, _ in pairs], "val": [b for _, b in pairs]}
+            where = {"train": paths, "val": paths}
+        else:
+            parts = {"train": trains, "val": [val.filter(**filters)]}
+            where = {"train": paths, "val": [val_container]}
         arrays, rows = {}, {}
-        for name, part in parts.items():
-            x, y, dropped = target_rows(part, target, f"{paths[name]} ({name})")
+        for name, views in parts.items():
+            xs, ys, dropped = [], [], 0
+            for path, view in zip(where[name], views, strict=True):
+                x, y, d = target_rows(view, target, f"{path} ({name})")
+                xs.append(x)
+                ys.append(y)
+                dropped += d
+            y = np.concatenate(ys)
             if len(y) == 0:
                 raise UsamError(
-                    f"{paths[name]}: the {name} split is empty after filtering {filters} and dropping "
-                    f"{dropped} rows without {target}; use more data, fewer filters, or a val_container"
+                    f"{', '.join(map(str, where[name]))}: the {name} split is empty after filtering "
+                    f"{filters} and dropping {dropped} rows without {target}; use more data, fewer "
+                    "filters, or a val_container"
                 )
             arrays[name] = (
-                torch.from_numpy(x).to(self.device),
+                torch.from_numpy(np.concatenate(xs)).to(self.device),
                 torch.from_numpy(y).to(self.device),
             )
             rows[name], rows[f"{name}_dropped_nan"] = len(y), dropped
         log.info("%s: %d training rows, %d validation rows", target, rows["train"], rows["val"])
-        return Data(*arrays["train"], *arrays["val"], meta=dict(c.meta), rows=rows)
+        # what the final fit sees: never a separate val_container (SPEC, Stage 3)
+        if val is not None:
+            fit, fitted = "all", trains
+        elif self.refit_all:
+            fit, fitted = "train+val", trains
+        else:
+            fit, fitted = "train", parts["train"]
+        record = {
+            "containers": [container_identity(c) for c in trains],
+            "val_container": None if val is None else container_identity(val),
+            "filters": {"model": filters["model"], "augmented": bool(augmented)},
+            "split": None
+            if val is not None
+            else {"by": "group", "val_fraction": self.val_fraction, "seed": self.seed},
+            "fit": fit,
+        }
+        return Data(
+            *arrays["train"],
+            *arrays["val"],
+            meta=merged_meta(trains),
+            rows=rows,
+            record=record,
+            seen=group_table(fitted),
+        )
 
     # -- training --------------------------------------------------------------------------
     def fit(
@@ -316,12 +398,17 @@ class Trainer:
             else dict(predictor)
         )
         target = p["target"]
+        if "no_augmented" in p:
+            raise UsamError(
+                "predictor.no_augmented is gone: original-image rows are the default now; "
+                "set predictor.augmented=true to train on the image-variant rows too"
+            )
         data = self.load(
             container=container,
             target=target,
             val_container=val_container,
             filter_model=p.get("filter_model"),
-            no_augmented=bool(p.get("no_augmented", False)),
+            augmented=bool(p.get("augmented", False)),
         )
         hp = self.hyperparameters(p, data.meta, dataset)
         run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -355,7 +442,7 @@ class Trainer:
             log.info(
                 "%s validation: %s", target, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
             )
-            if self.refit_all:
+            if data.record["fit"] == "train+val":  # never with a val_container: see load()
                 x = torch.cat([data.x_train, data.x_val])
                 y = torch.cat([data.y_train, data.y_val])
                 model, _ = self.fit(
@@ -369,6 +456,7 @@ class Trainer:
             writer.close()
         bundle = out_dir / target
         meta = data.meta
+        paths = container_paths(container)
         config = {
             "target": target,
             "output_shift": TARGETS[target],
@@ -376,14 +464,16 @@ class Trainer:
             "sam_version": "+".join(meta.get("sam_versions") or []) or None,
             "models": meta.get("models"),
             "random_weights": bool(meta.get("random_weights", False)),
-            "container": str(container),
-            "val_container": None if val_container in (None, "", "None") else str(val_container),
+            "container": str(paths[0]) if len(paths) == 1 else [str(c) for c in paths],
+            "val_container": None if _unset(val_container) else str(val_container),
             "filter_model": p.get("filter_model"),
-            "no_augmented": bool(p.get("no_augmented", False)),
+            "augmented": bool(p.get("augmented", False)),
             "hyperparameters": hp,
             "hpo": hpo_info,
             "rows": data.rows,
-            "trained_on": "train+val" if self.refit_all else "train",
+            "trained_on": "train+val" if data.record["fit"] == "train+val" else "train",
+            # the rows of the final fit, for the leak check of python -m usam.evaluate
+            "data": {**data.record, **write_seen(bundle, data.seen)},
             "seed": self.seed,
             "val_metrics": metrics,  # of the same settings trained on the training split only
         }
@@ -407,6 +497,7 @@ class Trainer:
                     "random_weights",
                 )
             },
+            "fit": data.record["fit"],
             "bundle": str(bundle),
             "device": str(self.device),
             "val_metrics": metrics,
