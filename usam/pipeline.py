@@ -24,6 +24,7 @@ from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.errors import UsamError
 from usam.mlp import TARGETS
+from usam.overrides import override
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,13 @@ def stage_overrides(stage: str, overrides: list[str]) -> list[str]:
     return out
 
 
+def check_names(names: list, known, key: str) -> None:
+    """Names become overrides (`predictor=<name>`) and module names: only known ones pass."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsamError(f"{key}: unknown {unknown}; choose from {', '.join(known)}")
+
+
 def available_targets(sizes: list[str]) -> list[str]:
     """Targets whose columns the container will have for these SAM sizes."""
     out = [
@@ -93,6 +101,8 @@ class Pipeline:
         self.log_dir = Path(log_dir)
         self.targets = list(targets) if targets else None
         self.stages = list(stages or ("extract", "container", "train", "evaluate"))
+        check_names(self.targets or [], TARGETS, "pipeline.targets")
+        check_names(self.stages, STAGE_KEYS, "pipeline.stages")
 
     def stage(self, stage: str, args: list[str], folder: Path, multirun: bool = False) -> None:
         cmd = [sys.executable, "-m", f"usam.{stage}", *(["-m"] if multirun else []), *args]
@@ -118,8 +128,8 @@ class Pipeline:
             if stage == "train":
                 args += [
                     f"predictor={','.join(targets)}",
-                    f"out_dir={predictors}",
-                    f"hydra.sweep.dir={dirs[stage]}",
+                    override("out_dir", predictors),
+                    override("hydra.sweep.dir", dirs[stage]),
                     "trainer.progress=false",
                 ]
                 self.stage(stage, args, dirs[stage], multirun=True)
@@ -127,9 +137,9 @@ class Pipeline:
                     t: _summary(dirs[stage] / str(i)) for i, t in enumerate(targets)
                 }
             else:
-                args.append(f"hydra.run.dir={dirs[stage]}")
+                args.append(override("hydra.run.dir", dirs[stage]))
                 if stage == "evaluate":
-                    args.append(f"predictors={predictors}")
+                    args.append(override("predictors", predictors))
                 self.stage(stage, args, dirs[stage])
                 out["stages"][stage] = _summary(dirs[stage])
         out["random_weights"] = any(

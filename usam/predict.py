@@ -21,7 +21,12 @@ from usam.cli import run_stage, save_run
 from usam.datasets.base import read_rgb
 from usam.errors import UsamError
 from usam.mlp import TARGETS
-from usam.predictor import Prediction, UncertainSAM, parse_checkpoint_name
+from usam.predictor import (
+    Prediction,
+    UncertainSAM,
+    check_prompt_geometry,
+    parse_checkpoint_name,
+)
 from usam.storage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -155,6 +160,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UsamError(f"image {image_path.resolve()} not found")
     prompt = prompt_arrays(cfg.point, cfg.label, cfg.box)
     image = np.array(read_rgb(image_path))  # writable: torch warns on read-only arrays
+    check_prompt_geometry(  # before SAM 2 is built
+        prompt["point_coords"],
+        prompt["point_labels"],
+        prompt["box"],
+        *image.shape[:2],
+        names=("point", "box"),
+    )
     usam = build(cfg)
     usam.set_image(image)
     pred = usam.predict(**prompt)
