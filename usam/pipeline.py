@@ -41,7 +41,17 @@ STAGE_KEYS = {
         "extractor",
         "writer",
     },
-    "container": {"paths", "dataset", "shard", "roots", "out", "offload", "augmented", "writer"},
+    "container": {
+        "paths",
+        "dataset",
+        "shard",
+        "roots",
+        "out",
+        "offload",
+        "augmented",
+        "overwrite",
+        "writer",
+    },
     "train": {
         "paths",
         "dataset",

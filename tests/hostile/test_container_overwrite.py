@@ -189,3 +189,11 @@ def test_the_stage_defaults_to_auto(built, compose_cfg):
     with pytest.raises(UsamError, match="would lose 2 of its 3 images"):
         run(cfg)
     assert fingerprint(out) == before
+
+
+def test_the_pipeline_passes_overwrite_on_to_the_container_stage():
+    from usam.pipeline import stage_overrides
+
+    ovr = ["+overwrite=true", "dataset=davis"]
+    assert stage_overrides("container", ovr) == ["++overwrite=true", "dataset=davis"]
+    assert stage_overrides("train", ovr) == ["dataset=davis"]
