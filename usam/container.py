@@ -50,6 +50,7 @@ from usam.containers import (
 )
 from usam.errors import SampleError, UsamError
 from usam.extract import RECORD_SCHEMA  # stage 1 defines the record
+from usam.options import flag
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,8 @@ class ContainerWriter:
         if not self.roots:
             raise UsamError("no record roots given; set roots=[<dir>, ...]")
         self.out = Path(os.path.abspath(Path(out).expanduser()))
-        self.offload = bool(offload)
-        self.augmented = bool(augmented)
+        self.offload = flag(offload, "offload")
+        self.augmented = flag(augmented, "augmented")
         if not (isinstance(overwrite, bool) or overwrite == "auto"):  # 1 == True: not a flag
             raise UsamError(f"overwrite must be auto, true or false, got {overwrite!r}")
         self.overwrite = overwrite

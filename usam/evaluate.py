@@ -95,6 +95,10 @@ class Evaluator:
     ):
         if isinstance(use_cases, str):
             use_cases = [use_cases]
+        if not use_cases:
+            raise UsamError(
+                f"evaluator.use_cases is empty; name at least one of {', '.join(USE_CASES)}"
+            )
         unknown = [u for u in use_cases if u not in USE_CASES]
         if unknown:
             raise UsamError(f"unknown use case(s) {unknown}; choose from {', '.join(USE_CASES)}")

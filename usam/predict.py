@@ -61,6 +61,10 @@ def prompt_arrays(point: Any, label: Any, box: Any) -> dict[str, np.ndarray | No
             labels = np.atleast_1d(np.asarray(label))
             if labels.shape != (len(coords),):
                 raise UsamError(f"label={label!r}: give one label (1 or 0) per point of {point!r}")
+            if not all(type(v) is int and v in (0, 1) for v in labels.tolist()):
+                raise UsamError(
+                    f"label={label!r}: each label must be 1 (foreground) or 0 (background)"
+                )
     elif label is not None:
         raise UsamError("label given without point")
     boxes = None

@@ -141,9 +141,11 @@ def target_rows(c, target: str, where: str) -> tuple[np.ndarray, np.ndarray, int
         )
     idx = np.flatnonzero(keep)
     tokens = np.asarray(c.tokens[idx] if dropped else c.tokens, dtype=np.float32)
-    bad = np.zeros(len(y), dtype=bool)
-    bad[idx[~np.isfinite(tokens).all(axis=(1, 2))]] = True
-    check_finite_rows(c, bad, "tokens hold NaN or inf", where)
+    # a NaN or inf makes the sum non-finite (an overflow too: then the rows are looked at)
+    if not np.isfinite(tokens.sum()):
+        bad = np.zeros(len(y), dtype=bool)
+        bad[idx[~np.isfinite(tokens).all(axis=(1, 2))]] = True
+        check_finite_rows(c, bad, "tokens hold NaN or inf", where)
     y = np.clip(y[idx] + TARGETS[target], 0.0, 1.0).astype(np.float32)
     return tokens.reshape(len(idx), tokens.shape[1] * tokens.shape[2]), y, dropped
 
@@ -193,6 +195,13 @@ def check_hyperparameters(p: dict[str, Any], key: str = "predictor") -> dict[str
     if "no_augmented" in out:
         out["no_augmented"] = flag(out["no_augmented"], f"{key}.no_augmented")
     return out
+
+
+def check_out_dir(out_dir: Path, target: Any) -> None:
+    """The bundle folder must be creatable: fail now, not after the training."""
+    for path in (out_dir, out_dir / str(target)):
+        if path.exists() and not path.is_dir():
+            raise UsamError(f"out_dir: {path} exists and is not a folder; choose another out_dir")
 
 
 MAX_WIDTH, MAX_PARAMETERS = 65_536, 100_000_000
@@ -396,7 +405,8 @@ class Trainer:
             else dict(predictor)
         )
         p = check_hyperparameters(p)  # before the container is read
-        target = p["target"]
+        check_out_dir(Path(out_dir), p.get("target"))
+        target = p.get("target")
         data = self.load(
             container=container,
             target=target,

@@ -137,6 +137,14 @@ def image_file(tmp_path):
             "[x0, y0, x1, y1] with x0 < x1 and y0 < y1",
         ),
         (
+            ["point=[[3,3],[5,5]]", "label=[1,2]"],
+            "label=[1, 2]: each label must be 1 (foreground) or 0 (background)",
+        ),
+        (
+            ["point=[3,3]", "label=[0.5]"],
+            "label=[0.5]: each label must be 1 (foreground) or 0 (background)",
+        ),
+        (
             ["point=[3,3]", "box=[0,0,80,30]"],
             f"box: [0, 0, 80, 30] reaches outside {SIZE}; clip it to the image",
         ),

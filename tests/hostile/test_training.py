@@ -17,6 +17,7 @@ from records import make_record, write_record
 from usam.cli import user_error
 from usam.container import ContainerWriter
 from usam.containers import Container
+from usam.errors import UsamError
 from usam.mlp import UsamMLP
 from usam.train import Diverged, Objective, Trainer, check_finite_model, run
 
@@ -148,6 +149,17 @@ def test_a_bad_option_is_one_line_naming_the_key_before_any_data_is_read(
 ):
     cfg = train_cfg(compose_cfg, tmp_path, tmp_path / "no_container", *overrides.split())
     refused(cfg, message, tmp_path)
+
+
+def test_an_out_dir_that_is_a_file_is_refused_before_training(compose_cfg, tmp_path):
+    (tmp_path / "models").write_text("my notes")
+    cfg = train_cfg(compose_cfg, tmp_path, tmp_path / "no_container")
+    with pytest.raises(UsamError) as err:
+        run(cfg)
+    assert str(err.value) == (
+        f"out_dir: {tmp_path / 'models'} exists and is not a folder; choose another out_dir"
+    )
+    assert (tmp_path / "models").read_text() == "my notes"
 
 
 def test_the_command_line_prints_the_line_and_exits_1_without_a_traceback(tmp_path):
