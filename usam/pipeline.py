@@ -109,6 +109,7 @@ class Pipeline:
         stages: list[str] | None = None,
     ):
         self.log_dir = Path(log_dir)
+        targets, stages = ([x] if isinstance(x, str) else x for x in (targets, stages))
         self.targets = list(targets) if targets else None
         self.stages = list(stages or ("extract", "container", "train", "evaluate"))
         check_names(self.targets or [], TARGETS, "pipeline.targets")

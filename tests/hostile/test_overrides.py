@@ -93,6 +93,7 @@ def test_the_pipeline_refuses_unknown_targets_and_stages(tmp_path):
     with pytest.raises(UsamError) as err:
         Pipeline(log_dir=tmp_path, targets=["iou_tiny", "iou_huge"])
     assert str(err.value).startswith("pipeline.targets: unknown ['iou_huge']; choose from iou_tiny")
+    assert Pipeline(log_dir=tmp_path, targets="task_gap", stages="train").targets == ["task_gap"]
     with pytest.raises(UsamError) as err:
         Pipeline(log_dir=tmp_path, stages=["extract", "predict"])
     assert str(err.value) == (

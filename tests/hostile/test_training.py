@@ -311,3 +311,18 @@ def test_a_model_with_a_non_finite_weight_is_never_saved():
     assert str(err.value) == (
         "predictor iou_tiny: weights ['net.2.weight'] are NaN or infinite; no bundle written"
     )
+
+
+@pytest.mark.parametrize(
+    "hidden, message",
+    [
+        ([0], "hidden[0] must be a whole number >= 1, got 0"),
+        ([16, -2], "hidden[1] must be a whole number >= 1, got -2"),
+        ([8, 2.5], "hidden[1] must be a whole number >= 1, got 2.5"),
+    ],
+)
+def test_the_model_itself_refuses_a_zero_width(hidden, message):
+    """Also what a hand-edited bundle config.json with such an architecture gets."""
+    with pytest.raises(UsamError) as err:
+        UsamMLP(hidden=hidden)
+    assert str(err.value) == message
