@@ -164,13 +164,13 @@ class ContainerWriter:
         start = time.perf_counter()
         self._check_out()
         stems = self._scan()
-        self._check_replace(self.scanned)  # before the long pass: fail fast
         if not stems:
             raise UsamError(
                 f"no usable extraction records under {', '.join(map(str, self.roots))} "
                 f"(skipped: {dict(self.skipped) or 'none'}); run `python -m usam.extract` first "
                 "or point roots=[...] at its output"
             )
+        self._check_replace(self.scanned)  # before the long pass: fail fast
         self.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         umask = os.umask(0)

@@ -197,3 +197,13 @@ def test_the_pipeline_passes_overwrite_on_to_the_container_stage():
     ovr = ["+overwrite=true", "dataset=davis"]
     assert stage_overrides("container", ovr) == ["++overwrite=true", "dataset=davis"]
     assert stage_overrides("train", ovr) == ["dataset=davis"]
+
+
+def test_no_records_at_all_says_so_and_keeps_the_container(built, tmp_path):
+    a, b, out = built
+    (tmp_path / "empty").mkdir()
+    before = fingerprint(out)
+    with pytest.raises(UsamError) as err:
+        ContainerWriter(roots=[tmp_path / "empty"], out=out).write()
+    assert str(err.value).startswith(f"no usable extraction records under {tmp_path / 'empty'} ")
+    assert fingerprint(out) == before
