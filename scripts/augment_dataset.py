@@ -15,6 +15,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from usam.overrides import override, quoted_list
+
 DATASETS = {
     "davis": "davis",
     "mose": "mose",
@@ -68,18 +70,21 @@ def overrides(args: argparse.Namespace) -> list[str]:
         f"augment={'none' if args.skip_augs else 'paper'}",
     ]
     if args.root:
-        out.append(f"dataset.root={Path(args.root).resolve()}")
+        out.append(override("dataset.root", Path(args.root).resolve()))
     if args.output_dir:
-        out.append(f"out_dir={Path(args.output_dir).resolve()}")
+        out.append(override("out_dir", Path(args.output_dir).resolve()))
     if args.model_root:
         root = Path(args.model_root).resolve()
         version = sam_version(root)
-        out += [f"sam_model={version}", f"sam_model.checkpoint_dir={root}"]
+        out += [f"sam_model={version}", override("sam_model.checkpoint_dir", root)]
         if args.config_root:
             prefix = "sam2.1_hiera" if version == "sam2.1" else "sam2_hiera"
             short = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
             croot = Path(args.config_root).resolve()
-            out += [f"sam_model.configs.{s}={croot / f'{prefix}_{short[s]}.yaml'}" for s in SIZES]
+            out += [
+                override(f"sam_model.configs.{s}", croot / f"{prefix}_{short[s]}.yaml")
+                for s in SIZES
+            ]
     if args.sample and args.sample > 1:
         out.append(f"dataset.sample={args.sample}")
     if args.start:
@@ -87,7 +92,9 @@ def overrides(args: argparse.Namespace) -> list[str]:
     if args.end is not None:
         out.append(f"++dataset.end={args.end}")
     if args.train_subsets:
-        out.append(f"dataset.train_subsets=[{','.join(map(sav_subset, args.train_subsets))}]")
+        out.append(
+            f"dataset.train_subsets={quoted_list([sav_subset(s) for s in args.train_subsets])}"
+        )
     return out + list(args.overrides)
 
 

@@ -15,10 +15,7 @@ import runpy
 import sys
 from pathlib import Path
 
-
-def quote(value: str) -> str:
-    """A Hydra override value that stays one string whatever the path holds."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+from usam.overrides import quote
 
 
 def overrides(argv: list[str] | None = None) -> list[str]:

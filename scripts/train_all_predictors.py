@@ -24,6 +24,8 @@ import runpy
 import sys
 from pathlib import Path
 
+from usam.overrides import quote
+
 TARGETS = [
     "iou_tiny",
     "iou_small",
@@ -35,11 +37,6 @@ TARGETS = [
     "task_gap",
     "prompt_gap",
 ]
-
-
-def quote(value: str) -> str:
-    """A Hydra override value that stays one string whatever the path holds."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def container_path(value: str) -> str:
@@ -143,7 +140,7 @@ def overrides(argv: list[str] | None = None) -> list[str]:
     if args.val_data:
         out.append(f"val_container={container_path(args.val_data)}")
     if args.filter_model:
-        out.append(f"predictor.filter_model={args.filter_model}")
+        out.append(f"predictor.filter_model={quote(args.filter_model)}")
     if args.n_trials is not None and not args.skip_smac:
         out.append(f"hpo.n_trials={args.n_trials}")
     return [*out, *args.hydra_overrides]

@@ -385,10 +385,10 @@ def test_seed_flags_translate_to_overrides(tmp_path):
         "dataset=davis",
         "dataset.split=test",
         "augment=none",
-        f"dataset.root={tmp_path / 'DAVIS'}",
-        f"out_dir={tmp_path / 'out'}",
+        f"dataset.root='{tmp_path / 'DAVIS'}'",
+        f"out_dir='{tmp_path / 'out'}'",
         "sam_model=sam2.0",
-        f"sam_model.checkpoint_dir={ckpt}",
+        f"sam_model.checkpoint_dir='{ckpt}'",
         "dataset.sample=3",
         "++dataset.start=2",
         "++dataset.end=5",
@@ -396,7 +396,7 @@ def test_seed_flags_translate_to_overrides(tmp_path):
     args = seed.parse(
         ["--dataset", "SAV", "--split", "train", "--train-subsets", "sav_000", "sav_001"]
     )
-    assert "dataset.train_subsets=[sav_000,sav_001]" in seed.overrides(args)
+    assert "dataset.train_subsets=['sav_000','sav_001']" in seed.overrides(args)
     assert "augment=paper" in seed.overrides(args)
 
 

@@ -430,7 +430,11 @@ def test_empty_split_after_filtering(tmp_path, compose_cfg):
 
 def test_bad_values(tmp_path, compose_cfg):
     container = hand_container(tmp_path, groups=3)
-    bad(train_cfg(compose_cfg, container, "predictor.epochs=0"), "epochs must be >= 1", tmp_path)
+    bad(
+        train_cfg(compose_cfg, container, "predictor.epochs=0"),
+        "predictor.epochs must be a whole number >= 1",
+        tmp_path,
+    )
     with pytest.raises(UsamError, match="val_fraction"):
         Trainer(val_fraction=1.5)
 

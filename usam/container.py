@@ -50,6 +50,7 @@ from usam.containers import (
 )
 from usam.errors import SampleError, UsamError
 from usam.extract import RECORD_SCHEMA  # stage 1 defines the record
+from usam.options import flag
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class ContainerWriter:
         out: str | Path,
         offload: bool = False,
         augmented: bool = True,
-        overwrite: bool = True,
+        overwrite: bool | str = "auto",
     ) -> None:
         if isinstance(roots, (str, Path)):
             roots = [roots]
@@ -146,9 +147,12 @@ class ContainerWriter:
         if not self.roots:
             raise UsamError("no record roots given; set roots=[<dir>, ...]")
         self.out = Path(os.path.abspath(Path(out).expanduser()))
-        self.offload = bool(offload)
-        self.augmented = bool(augmented)
-        self.overwrite = bool(overwrite)
+        self.offload = flag(offload, "offload")
+        self.augmented = flag(augmented, "augmented")
+        if not (isinstance(overwrite, bool) or overwrite == "auto"):  # 1 == True: not a flag
+            raise UsamError(f"overwrite must be auto, true or false, got {overwrite!r}")
+        self.overwrite = overwrite
+        self.replaced: dict[str, Any] | None = None  # the container found at `out`, described
         self.skipped: Counter[str] = Counter()
         self.skipped_files: list[dict[str, str]] = []
         self.missing_models: list[dict[str, Any]] = []
@@ -166,6 +170,7 @@ class ContainerWriter:
                 f"(skipped: {dict(self.skipped) or 'none'}); run `python -m usam.extract` first "
                 "or point roots=[...] at its output"
             )
+        self._check_replace(self.scanned)  # before the long pass: fail fast
         self.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         umask = os.umask(0)
@@ -178,6 +183,7 @@ class ContainerWriter:
                     f"the records under {', '.join(map(str, self.roots))} have no instances "
                     f"(skipped: {dict(self.skipped) or 'none'}): nothing to train on"
                 )
+            self._check_replace(_images(Container.open(tmp, mmap=True)))  # pass 2 may skip some
             self._publish(tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -211,12 +217,15 @@ class ContainerWriter:
             "missing_models": self.missing_models,
             "seconds": round(seconds, 3),
             "rows_per_second": round(rows / max(seconds, 1e-9), 1),
+            "replaced": self.replaced,
         }
 
     def _check_out(self) -> None:
+        """Refuse an `out` that is not ours to replace; describe a container found there."""
+        self.replaced, self._old_images, self._old_error = None, None, None
         if not self.out.exists():
             return
-        if not self.overwrite:
+        if self.overwrite is False:
             raise UsamError(
                 f"{self.out} already exists; pass overwrite=true to replace it or choose another out="
             )
@@ -224,10 +233,65 @@ class ContainerWriter:
             raise UsamError(
                 f"{self.out} exists and is not a usam container; choose another out= or remove it"
             )
+        if not is_container(self.out):
+            return  # an empty folder
+        try:
+            old = Container.open(self.out, mmap=True)
+            self._old_images = _images(old)
+            self.replaced = {
+                k: old.meta.get(k)
+                for k in ("rows", "images", "models", "variants", "datasets", "sources", "created")
+            }
+        except (UsamError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
+            self._old_error = str(err)
+            self.replaced = {"unreadable": self._old_error}
+
+    def _check_replace(self, images: set[tuple[str, str]]) -> None:
+        """overwrite=auto replaces a container only by one built from a superset of its sources.
+
+        Superset: every image (dataset, name) of the old container, every model and every
+        variant it had are in the new one. Anything less would silently lose rows.
+        """
+        if self.replaced is None or self.overwrite is True:
+            return
+        fix = "pass overwrite=true to replace it, or choose another out="
+        if self._old_error is not None:
+            raise UsamError(
+                f"{self.out} holds a container that cannot be read ({self._old_error}); {fix}"
+            )
+        old = self.replaced
+        lost = sorted(self._old_images - images)
+        lost_models = [m for m in old["models"] or [] if m not in self.models]
+        lost_variants = [v for v in old["variants"] or [] if v not in self.variants]
+        if lost or lost_models or lost_variants:
+            what = []
+            if lost:
+                shown = ", ".join(f"{d}/{n}" for d, n in lost[:3])
+                what.append(f"{len(lost)} of its {len(self._old_images)} images (e.g. {shown})")
+            if lost_models:
+                what.append(f"models {lost_models}")
+            if lost_variants:
+                what.append(f"variants {lost_variants}")
+            raise UsamError(
+                f"{self.out} already holds a container of {old['rows']} rows "
+                f"({old['images']} images, built {old['created']} from {old['sources']}); the "
+                f"new one from {[str(r) for r in self.roots]} would lose {'; '.join(what)}. "
+                f"Nothing was changed; {fix}"
+            )
+
+    def _say_replaced(self) -> None:
+        if self.replaced is not None:
+            log.warning(
+                "replacing the container at %s (overwrite=%s): %s",
+                self.out,
+                self.overwrite,
+                ", ".join(f"{k}={v}" for k, v in self.replaced.items()),
+            )
 
     def _publish(self, tmp: Path) -> None:
         """Rename the finished build onto `out`; an old container there is removed only after."""
         old = None
+        self._say_replaced()
         if self.out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
             os.replace(self.out, old / "container")
@@ -310,6 +374,7 @@ class ContainerWriter:
                 versions.add(str(rec.get("sam_version")))
                 self.random_weights |= bool(rec.get("random_weights", False))
                 stems.append(stem)
+        self.scanned = {(d, n) for d, _, n in seen}  # the images a build would hold at most
         self.models = _ordered(models, MODEL_ORDER)
         self.variants = _ordered(variants, VARIANT_ORDER)
         self.sam_versions = sorted(versions)
@@ -568,6 +633,14 @@ class ContainerWriter:
             raise
         except Exception as err:  # safetensors raises its own error type for broken files
             raise _Bad(f"unreadable tokens ({err})", suffix=".safetensors") from None
+
+
+def _images(c: Container) -> set[tuple[str, str]]:
+    """(dataset, image name) of every image with rows in container `c`."""
+    codes, first = np.unique(np.asarray(c.code("image")), return_index=True)
+    names, datasets = c.table("image"), list(c.meta["datasets"])
+    dataset_codes = np.asarray(c.code("dataset"))[first]
+    return {(datasets[d], names[i]) for i, d in zip(codes, dataset_codes, strict=True)}
 
 
 class _Bad(SampleError):

@@ -35,6 +35,7 @@ from usam.evaluation import (
     pearson_matrix,
     r_grid,
 )
+from usam.options import flag, integer, number
 from usam.protocol import container_identity, describe, group_table, read_seen, seen_rows
 from usam.sam import resolve_device
 from usam.storage import atomic_path, write_json
@@ -88,25 +89,33 @@ class Evaluator:
         plots: bool = True,
         tensorboard: bool = True,
     ):
+        if isinstance(use_cases, str):
+            use_cases = [use_cases]
+        if not use_cases:
+            raise UsamError(
+                f"evaluator.use_cases is empty; name at least one of {', '.join(USE_CASES)}"
+            )
         unknown = [u for u in use_cases if u not in USE_CASES]
         if unknown:
             raise UsamError(f"unknown use case(s) {unknown}; choose from {', '.join(USE_CASES)}")
-        if val_fraction is not None and not 0.0 < float(val_fraction) < 1.0:
-            raise UsamError(f"evaluator.val_fraction must be in (0, 1), got {val_fraction}")
-        try:
-            self.r = r_grid(float(r_max), int(r_points))
-        except ValueError as err:
-            raise UsamError(f"evaluator.r_max / r_points: {err}") from None
+        # every option in its type and range before any file is read
+        if val_fraction is not None:  # null: the split the predictors' training held out
+            val_fraction = number(
+                val_fraction, "evaluator.val_fraction", low=0, high=1, low_open=True, high_open=True
+            )
+        r_max = number(r_max, "evaluator.r_max", low=0, high=1, low_open=True)
+        r_points = integer(r_points, "evaluator.r_points", low=2, high=100_001)
+        self.r = r_grid(r_max, r_points)
         self.model = None if model in (None, "", "None") else str(model)
         self.use_cases = list(use_cases)
-        self.augmented = bool(augmented)
-        # null: the split the predictors' training held out (their bundles record it)
-        self.val_fraction = None if val_fraction is None else float(val_fraction)
-        self.seed = None if seed is None else int(seed)
-        self.allow_in_sample = bool(allow_in_sample_results)
+        self.augmented = flag(augmented, "evaluator.augmented")
+        self.val_fraction = val_fraction
+        self.seed = None if seed is None else integer(seed, "evaluator.seed", low=0)
+        self.allow_in_sample = flag(allow_in_sample_results, "evaluator.allow_in_sample_results")
         self.device = resolve_device(str(device), key="evaluator.device")
-        self.batch_size = int(batch_size)
-        self.plots, self.tensorboard = bool(plots), bool(tensorboard)
+        self.batch_size = integer(batch_size, "evaluator.batch_size", low=1)
+        self.plots = flag(plots, "evaluator.plots")
+        self.tensorboard = flag(tensorboard, "evaluator.tensorboard")
         self.notes: list[str] = []
         self.bundle_dirs: dict[str, Path] = {}
 
@@ -207,10 +216,39 @@ class Evaluator:
                     f"{where}: the predictor takes {p.model.in_features} inputs but the container's "
                     f"tokens give {width}; retrain it on this kind of container"
                 )
+            self._check_trained_on(p.config, target, container)
             out[target] = p
             self.bundle_dirs[target] = where
         log.info("predictors from %s: %s", directory, ", ".join(out))
         return out
+
+    def _check_trained_on(self, config: dict[str, Any], target: str, container: Container) -> None:
+        """Refuse a bundle whose SAM version or sizes differ from the rows it would score.
+
+        The same check as inference (usam.predictor.check_trained_on): the rows scored are
+        the evaluated model's, plus tiny's when model selection ranks by this target.
+        """
+        from usam.predictor import check_trained_on
+
+        versions = [v for v in container.meta.get("sam_versions") or [] if v not in ("", "None")]
+        model = self.pick_model(container)
+        sizes = [model]
+        for name in self.use_cases:
+            case = USE_CASES[name]
+            if (
+                case.rows_model
+                and case.rows_model in container.meta["models"]
+                and target in case.columns(model)[3]
+                and case.rows_model not in sizes
+            ):
+                sizes.append(case.rows_model)
+        check_trained_on(
+            target,
+            config,
+            versions=versions,
+            sizes=sizes,
+            against=f"the container {container.path} (rows evaluated here)",
+        )
 
     def check_leak(self, bundles: dict[str, Any], view: Container, split: str) -> dict[str, Any]:
         """Which evaluated rows each predictor's fit saw; refuse any unless explicitly allowed.

@@ -17,6 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from usam.errors import UsamError
+from usam.options import flag, integer, interval, number
 
 log = logging.getLogger(__name__)
 
@@ -100,36 +101,40 @@ class SmacHPO:
         initial_design: int | None = None,
         incumbent_epochs: int | None = None,
     ):
-        if int(n_trials) < 1:
-            raise UsamError(f"hpo.n_trials must be >= 1, got {n_trials}")
-        if int(n_workers) < 1:
-            raise UsamError(f"hpo.n_workers must be >= 1, got {n_workers}")
-        if multi_fidelity and not 1 <= float(min_budget) <= float(max_budget):
+        # every option in its type and range: SMAC and ConfigSpace fail deep inside otherwise
+        self.n_trials = integer(n_trials, "hpo.n_trials", low=1)
+        self.multi_fidelity = flag(multi_fidelity, "hpo.multi_fidelity")
+        self.n_workers = integer(n_workers, "hpo.n_workers", low=1)
+        self.min_budget = number(min_budget, "hpo.min_budget", low=1)
+        self.max_budget = number(max_budget, "hpo.max_budget", low=1)
+        self.eta = integer(eta, "hpo.eta", low=2)
+        if self.multi_fidelity and self.min_budget > self.max_budget:
             raise UsamError(
                 f"need 1 <= hpo.min_budget <= hpo.max_budget, got {min_budget}, {max_budget}"
             )
-        self.n_trials, self.multi_fidelity = int(n_trials), bool(multi_fidelity)
-        self.min_budget, self.max_budget, self.eta = float(min_budget), float(max_budget), int(eta)
-        self.n_workers = int(n_workers)
         self.ranges = {
-            "lr": tuple(lr),
-            "epochs": tuple(epochs),
-            "batch_size": tuple(batch_size),
-            "momentum": tuple(momentum),
+            "lr": interval(lr, "hpo.lr", low=0, low_open=True),
+            "epochs": interval(epochs, "hpo.epochs", whole=True, low=1),
+            "batch_size": interval(batch_size, "hpo.batch_size", whole=True, low=1),
+            "momentum": interval(momentum, "hpo.momentum", low=0, high=1, high_open=True),
         }
-        self.walltime_limit = walltime_limit
-        self.progress = progress
+        self.walltime_limit = (
+            None
+            if walltime_limit is None
+            else number(walltime_limit, "hpo.walltime_limit", low=0, low_open=True)
+        )
+        self.progress = flag(progress, "hpo.progress")
         # the published search: uniform lr and batch size, Hyperband with 5 initial
         # configurations, incumbent retrained for 60 epochs (conf/hpo/*_published.yaml)
-        self.log_scale = bool(log_scale)
-        for key, value in (
-            ("initial_design", initial_design),
-            ("incumbent_epochs", incumbent_epochs),
-        ):
-            if value is not None and int(value) < 1:
-                raise UsamError(f"hpo.{key} must be >= 1 or null, got {value}")
-        self.initial_design = None if initial_design is None else int(initial_design)
-        self.incumbent_epochs = None if incumbent_epochs is None else int(incumbent_epochs)
+        self.log_scale = flag(log_scale, "hpo.log_scale")
+        self.initial_design = (
+            None if initial_design is None else integer(initial_design, "hpo.initial_design", low=1)
+        )
+        self.incumbent_epochs = (
+            None
+            if incumbent_epochs is None
+            else integer(incumbent_epochs, "hpo.incumbent_epochs", low=1)
+        )
 
     def space(self, seed: int = 0):
         from ConfigSpace import ConfigurationSpace, Float, Integer

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from usam.errors import UsamError
+from usam.options import integer
 from usam.storage import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ class UsamMLP(nn.Module):
 
     def __init__(self, *, in_features: int = 2 * TOKEN_DIM, hidden: Sequence[int] = (512, 512)):
         super().__init__()
-        self.in_features, self.hidden = int(in_features), [int(h) for h in hidden]
+        # a zero width makes a constant model that trains, saves and predicts without a word
+        self.in_features = integer(in_features, "in_features", low=1)
+        self.hidden = [integer(h, f"hidden[{i}]", low=1) for i, h in enumerate(hidden)]
         layers: list[nn.Module] = []
         width = self.in_features
         for h in self.hidden:

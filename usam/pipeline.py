@@ -33,6 +33,7 @@ from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.errors import UsamError
 from usam.mlp import TARGETS
+from usam.overrides import override
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,13 @@ def stage_overrides(stage: str, overrides: list[str]) -> list[str]:
     return route(overrides)[stage]
 
 
+def check_names(names: list, known, key: str) -> None:
+    """Names become overrides (`predictor=<name>`) and module names: only known ones pass."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsamError(f"{key}: unknown {unknown}; choose from {', '.join(known)}")
+
+
 def available_targets(sizes: list[str]) -> list[str]:
     """Targets whose columns the container will have for these SAM sizes."""
     out = [
@@ -151,12 +159,14 @@ class Pipeline:
         train_split: str | None = "auto",
     ):
         self.log_dir = Path(log_dir)
+        targets, stages = ([x] if isinstance(x, str) else x for x in (targets, stages))
         self.targets = list(targets) if targets else None
         self.stages = list(stages or STAGES)
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise UsamError(f"pipeline.stages: unknown {unknown}; choose from {', '.join(STAGES)}")
         self.train_split = train_split
+        check_names(self.targets or [], TARGETS, "pipeline.targets")
 
     def stage(self, stage: str, args: list[str], folder: Path, multirun: bool = False) -> None:
         cmd = [sys.executable, "-m", f"usam.{stage}", *(["-m"] if multirun else []), *args]
@@ -234,8 +244,8 @@ class Pipeline:
             if stage == "train":
                 args += [
                     f"predictor={','.join(targets)}",
-                    f"out_dir={predictors}",
-                    f"hydra.sweep.dir={dirs[name]}",
+                    override("out_dir", predictors),
+                    override("hydra.sweep.dir", dirs[name]),
                     "trainer.progress=false",
                 ]
                 self.stage(stage, args, dirs[name], multirun=True)
@@ -243,9 +253,9 @@ class Pipeline:
                     t: _summary(dirs[name] / str(i)) for i, t in enumerate(targets)
                 }
             else:
-                args.append(f"hydra.run.dir={dirs[name]}")
+                args.append(override("hydra.run.dir", dirs[name]))
                 if stage == "evaluate":
-                    args.append(f"predictors={predictors}")
+                    args.append(override("predictors", predictors))
                 self.stage(stage, args, dirs[name])
                 out["stages"][name] = _summary(dirs[name])
         if "evaluate" in out["stages"]:

@@ -21,7 +21,12 @@ from usam.cli import run_stage, save_run
 from usam.datasets.base import read_rgb
 from usam.errors import UsamError
 from usam.mlp import TARGETS
-from usam.predictor import Prediction, UncertainSAM, parse_checkpoint_name
+from usam.predictor import (
+    Prediction,
+    UncertainSAM,
+    check_prompt_geometry,
+    parse_checkpoint_name,
+)
 from usam.storage import atomic_path
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,10 @@ def prompt_arrays(point: Any, label: Any, box: Any) -> dict[str, np.ndarray | No
             labels = np.atleast_1d(np.asarray(label))
             if labels.shape != (len(coords),):
                 raise UsamError(f"label={label!r}: give one label (1 or 0) per point of {point!r}")
+            if not all(type(v) is int and v in (0, 1) for v in labels.tolist()):
+                raise UsamError(
+                    f"label={label!r}: each label must be 1 (foreground) or 0 (background)"
+                )
     elif label is not None:
         raise UsamError("label given without point")
     boxes = None
@@ -155,6 +164,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UsamError(f"image {image_path.resolve()} not found")
     prompt = prompt_arrays(cfg.point, cfg.label, cfg.box)
     image = np.array(read_rgb(image_path))  # writable: torch warns on read-only arrays
+    check_prompt_geometry(  # before SAM 2 is built
+        prompt["point_coords"],
+        prompt["point_labels"],
+        prompt["box"],
+        *image.shape[:2],
+        names=("point", "box"),
+    )
     usam = build(cfg)
     usam.set_image(image)
     pred = usam.predict(**prompt)

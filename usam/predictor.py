@@ -126,25 +126,52 @@ def load_predictors(
     )
 
 
+def trained_on(config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(SAM versions, SAM sizes) of a bundle's training rows; empty where the bundle does not say.
+
+    The sizes are all of its container's models, or the one it was filtered to.
+    """
+    versions = [v for v in str(config.get("sam_version") or "").split("+") if v]
+    sizes = [config["filter_model"]] if config.get("filter_model") else config.get("models") or []
+    return versions, [str(m) for m in sizes]
+
+
+def check_trained_on(
+    target: str,
+    config: Mapping[str, Any],
+    *,
+    versions: list[str],
+    sizes: list[str],
+    against: str,
+) -> None:
+    """Refuse a bundle applied to tokens of a SAM version or size it never saw.
+
+    `versions` / `sizes`: those of the tokens it is about to see; `against` names where they
+    come from ("the checkpoint", "the container ..."). Shared by inference and evaluation.
+    """
+    b_versions, b_sizes = trained_on(config)
+    other = [v for v in versions if v not in b_versions]
+    if b_versions and other:
+        raise UsamError(
+            f"predictor {target!r} was trained on {'+'.join(b_versions)} tokens but "
+            f"{against} is {'+'.join(other)}: use {'+'.join(b_versions)} tokens or bundles "
+            "trained on this version"
+        )
+    other = [m for m in sizes if m not in b_sizes]
+    if b_sizes and other:
+        raise UsamError(
+            f"predictor {target!r} was trained on tokens of SAM {'+'.join(b_sizes)} but "
+            f"{against} is SAM {'+'.join(other)}: use that size or bundles trained on "
+            f"{'+'.join(other)} tokens"
+        )
+
+
 def check_compatible(sam: SamModel, predictors: Mapping[str, Predictor]) -> None:
     """Refuse bundles trained on tokens of another SAM version or size; warn on random ones."""
     for target, p in predictors.items():
-        c = p.config
-        versions = [v for v in str(c.get("sam_version") or "").split("+") if v]
-        if versions and sam.version not in versions:
-            raise UsamError(
-                f"predictor {target!r} was trained on {'+'.join(versions)} tokens but the "
-                f"checkpoint is {sam.version}: load a {'+'.join(versions)} checkpoint or "
-                "bundles trained on this version"
-            )
-        # a bundle knows the SAM sizes of its training rows: all of the container's, or one
-        trained_on = [c["filter_model"]] if c.get("filter_model") else list(c.get("models") or [])
-        if trained_on and sam.size not in trained_on:
-            raise UsamError(
-                f"predictor {target!r} was trained on tokens of SAM {'+'.join(trained_on)} but "
-                f"the checkpoint is SAM {sam.size}: load that size or bundles trained on "
-                f"{sam.size} tokens"
-            )
+        check_trained_on(
+            target, p.config, versions=[sam.version], sizes=[sam.size], against="the checkpoint"
+        )
         dim = int(sam.model.sam_mask_decoder.transformer_dim)
         if p.model.in_features != 2 * dim:
             raise UsamError(
@@ -213,6 +240,48 @@ def _as_array(x: Any, name: str) -> np.ndarray:
     if not np.isfinite(a).all():
         raise UsamError(f"{name} has NaN or infinite values")
     return a
+
+
+def check_prompt_geometry(
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    boxes: np.ndarray | None,
+    height: int,
+    width: int,
+    *,
+    names: tuple[str, str] = ("point_coords", "box"),
+) -> None:
+    """Refuse points outside the image and boxes that are inverted, empty or leave the image.
+
+    Coordinates are pixels, x in [0, width], y in [0, height] (edges included). SAM 2 would
+    answer such prompts with masks and scores, and the estimates would look as trustworthy as
+    any others; a swapped box or a point in another image's coordinates is a mistake to report.
+    Points labelled -1 (padding) may lie anywhere.
+    """
+    size = f"the {width} x {height} image (x in [0, {width}], y in [0, {height}])"
+    if points is not None:
+        pts = points.reshape(-1, 2)
+        used = np.ones(len(pts), bool) if labels is None else labels.reshape(-1) != -1
+        inside = (pts[:, 0] >= 0) & (pts[:, 0] <= width) & (pts[:, 1] >= 0) & (pts[:, 1] <= height)
+        out = used & ~inside  # NaN compares False: it is outside too
+        if out.any():
+            x, y = pts[np.flatnonzero(out)[0]]
+            raise UsamError(
+                f"{names[0]}: point ({x:g}, {y:g}) lies outside {size}; "
+                f"{int(out.sum())} point(s) in all; give (x, y) pixel coordinates of this image"
+            )
+    if boxes is not None:
+        for x0, y0, x1, y1 in boxes.reshape(-1, 4):
+            if not (x0 < x1 and y0 < y1):
+                raise UsamError(
+                    f"{names[1]}: [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is inverted or empty; "
+                    "give [x0, y0, x1, y1] with x0 < x1 and y0 < y1"
+                )
+            if not (x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height):
+                raise UsamError(
+                    f"{names[1]}: [{x0:g}, {y0:g}, {x1:g}, {y1:g}] reaches outside {size}; "
+                    "clip it to the image"
+                )
 
 
 class UncertainSAM:
@@ -322,6 +391,7 @@ class UncertainSAM:
         points, labels, boxes, masks_in, batched = self._prompts(
             point_coords, point_labels, box, mask_input
         )
+        check_prompt_geometry(points, labels, boxes, *self.sam.predictor._orig_hw[0])
         n = len(next(x for x in (points, boxes, masks_in) if x is not None))
         bs = self.sam.batch_size
         parts = [

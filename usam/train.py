@@ -34,6 +34,7 @@ from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.errors import UsamError
 from usam.mlp import TARGETS, UsamMLP, save_bundle
+from usam.options import flag, integer, number
 from usam.protocol import container_identity, group_table, split_groups, write_seen
 from usam.sam import resolve_device
 from usam.storage import write_json
@@ -168,6 +169,7 @@ def open_container(path: str | Path | None, what: str):
 def target_rows(c, target: str, where: str) -> tuple[np.ndarray, np.ndarray, int]:
     """(tokens [n, 512], shifted and clipped targets [n], rows dropped for a NaN target)."""
     y = np.asarray(c[target], dtype=np.float64)
+    check_finite_rows(c, np.isinf(y), f"{target} is infinite", where)
     keep = np.isfinite(y)
     dropped = int((~keep).sum())
     if dropped:
@@ -176,8 +178,86 @@ def target_rows(c, target: str, where: str) -> tuple[np.ndarray, np.ndarray, int
         )
     idx = np.flatnonzero(keep)
     tokens = np.asarray(c.tokens[idx] if dropped else c.tokens, dtype=np.float32)
+    # a NaN or inf makes the sum non-finite (an overflow too: then the rows are looked at)
+    if not np.isfinite(tokens.sum()):
+        bad = np.zeros(len(y), dtype=bool)
+        bad[idx[~np.isfinite(tokens).all(axis=(1, 2))]] = True
+        check_finite_rows(c, bad, "tokens hold NaN or inf", where)
     y = np.clip(y[idx] + TARGETS[target], 0.0, 1.0).astype(np.float32)
     return tokens.reshape(len(idx), tokens.shape[1] * tokens.shape[2]), y, dropped
+
+
+def check_finite_rows(c, bad: np.ndarray, what: str, where: str) -> None:
+    """Stop on rows no training may see (they would turn the loss and every weight into NaN)."""
+    if not bad.any():
+        return
+    first = int(np.flatnonzero(bad)[0])
+    raise UsamError(
+        f"{where}: {int(bad.sum())} of {len(bad)} rows: {what} (first: image "
+        f"{c.names[first]!r}, model {c.models[first]}); the container is damaged, rebuild it "
+        "with python -m usam.container from intact records"
+    )
+
+
+class Diverged(UsamError):
+    """The training loss became NaN or infinite (a learning rate far too high)."""
+
+
+def check_finite_model(model: UsamMLP, where: str) -> None:
+    """A model with a NaN or infinite weight predicts NaN: never save one."""
+    bad = [n for n, t in model.state_dict().items() if not torch.isfinite(t).all()]
+    if bad:
+        raise Diverged(f"{where}: weights {bad} are NaN or infinite; no bundle written")
+
+
+def check_hyperparameters(p: dict[str, Any], key: str = "predictor") -> dict[str, Any]:
+    """Every training option in its type and range, or one UsamError naming the key.
+
+    `None` (= the paper's tuned value) passes for the searched ones. Returns the values
+    converted (batch_size and epochs as int, the rest float, hidden as a list of int).
+    """
+    out = dict(p)
+    checks = {
+        "batch_size": lambda v, k: integer(v, k, low=1),
+        "epochs": lambda v, k: integer(v, k, low=1),
+        "lr": lambda v, k: number(v, k, low=0.0, low_open=True),
+        "momentum": lambda v, k: number(v, k, low=0.0, high=1.0, high_open=True),
+        "weight_decay": lambda v, k: number(v, k, low=0.0),
+    }
+    for name, check in checks.items():
+        if out.get(name) is not None:
+            out[name] = check(out[name], f"{key}.{name}")
+    if "hidden" in out:
+        out["hidden"] = check_hidden(out["hidden"], f"{key}.hidden")
+    if "augmented" in out:
+        out["augmented"] = flag(out["augmented"], f"{key}.augmented")
+    return out
+
+
+def check_out_dir(out_dir: Path, target: Any) -> None:
+    """The bundle folder must be creatable: fail now, not after the training."""
+    for path in (out_dir, out_dir / str(target)):
+        if path.exists() and not path.is_dir():
+            raise UsamError(f"out_dir: {path} exists and is not a folder; choose another out_dir")
+
+
+MAX_WIDTH, MAX_PARAMETERS = 65_536, 100_000_000
+
+
+def check_hidden(hidden: Any, key: str, in_features: int = 512) -> list[int]:
+    """Hidden layer widths: at least one layer, each >= 1; a zero width is a constant model."""
+    if isinstance(hidden, (str, bytes, int, float)) or not hasattr(hidden, "__iter__"):
+        raise UsamError(f"{key} must be a list of layer widths such as [512, 512], got {hidden!r}")
+    widths = [integer(h, f"{key}[{i}]", low=1, high=MAX_WIDTH) for i, h in enumerate(hidden)]
+    if not widths:
+        raise UsamError(f"{key} must name at least one hidden layer, e.g. [512, 512]")
+    sizes = [in_features, *widths, 1]
+    params = sum((a + 1) * b for a, b in zip(sizes, sizes[1:], strict=False))
+    if params > MAX_PARAMETERS:
+        raise UsamError(
+            f"{key}={widths}: {params:,} parameters, more than the {MAX_PARAMETERS:,} allowed"
+        )
+    return widths
 
 
 class Objective:
@@ -191,7 +271,10 @@ class Objective:
 
     def __call__(self, hp: dict[str, Any]) -> float:
         hp = {**self.base, **hp}
-        model, _ = self.trainer.fit(self.data.x_train, self.data.y_train, hp)
+        try:
+            model, _ = self.trainer.fit(self.data.x_train, self.data.y_train, hp)
+        except Diverged:
+            return 1.0
         loss = self.trainer.evaluate(model, self.data.x_val, self.data.y_val)["mse"]
         return (
             loss if math.isfinite(loss) else 1.0
@@ -211,14 +294,15 @@ class Trainer:
         eval_batch_size: int = 8192,
         progress: bool = True,
     ):
-        if not 0.0 < float(val_fraction) < 1.0:
-            raise UsamError(f"trainer.val_fraction must be in (0, 1), got {val_fraction}")
+        val_fraction = number(
+            val_fraction, "trainer.val_fraction", low=0, high=1, low_open=True, high_open=True
+        )
         self.device = resolve_device(str(device), key="device")
-        self.seed, self.val_fraction = int(seed), float(val_fraction)
+        self.seed, self.val_fraction = integer(seed, "trainer.seed", low=0), val_fraction
         self.refit_all, self.eval_batch_size, self.progress = (
-            bool(refit_all),
-            int(eval_batch_size),
-            progress,
+            flag(refit_all, "trainer.refit_all"),
+            integer(eval_batch_size, "trainer.eval_batch_size", low=1),
+            flag(progress, "trainer.progress"),
         )
 
     # -- data ------------------------------------------------------------------------------
@@ -360,6 +444,11 @@ class Trainer:
                 opt.step()
                 total += loss.detach() * len(idx)
             losses.append(float(total) / n)  # one sync per epoch, not per batch
+            if not math.isfinite(losses[-1]):
+                raise Diverged(
+                    f"{desc or 'training'}: the loss became {losses[-1]} in epoch {epoch + 1} "
+                    f"(lr={hp['lr']}, momentum={hp['momentum']}, batch_size={bs}); lower predictor.lr"
+                )
             val_loss = self.evaluate(model, *val)["mse"] if val is not None else None
             if on_epoch is not None:
                 on_epoch(epoch, losses[-1], val_loss)
@@ -397,12 +486,14 @@ class Trainer:
             if isinstance(predictor, DictConfig)
             else dict(predictor)
         )
-        target = p["target"]
         if "no_augmented" in p:
             raise UsamError(
                 "predictor.no_augmented is gone: original-image rows are the default now; "
                 "set predictor.augmented=true to train on the image-variant rows too"
             )
+        p = check_hyperparameters(p)  # before the container is read
+        check_out_dir(Path(out_dir), p.get("target"))
+        target = p.get("target")
         data = self.load(
             container=container,
             target=target,
@@ -454,6 +545,7 @@ class Trainer:
                 )
         finally:
             writer.close()
+        check_finite_model(model, f"predictor {target}")
         bundle = out_dir / target
         meta = data.meta
         paths = container_paths(container)
@@ -523,15 +615,9 @@ class Trainer:
             )
         defaults = paper_hyperparameters(str(name), p["target"])
         hp = {k: (defaults[k] if p.get(k) is None else p[k]) for k in SEARCHED}
-        hp["weight_decay"] = float(p.get("weight_decay", 0.001))
-        hp["hidden"] = [int(h) for h in p.get("hidden", (512, 512))]
-        for k in ("batch_size", "epochs"):
-            if int(hp[k]) < 1:
-                raise UsamError(f"predictor.{k} must be >= 1, got {hp[k]}")
-            hp[k] = int(hp[k])
-        if float(hp["lr"]) <= 0:
-            raise UsamError(f"predictor.lr must be > 0, got {hp['lr']}")
-        return hp
+        hp["weight_decay"] = p.get("weight_decay", 0.001)
+        hp["hidden"] = p.get("hidden", (512, 512))
+        return check_hyperparameters(hp)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -1,0 +1,101 @@
+"""Config values checked up front: one `UsamError` line naming the key, before any work.
+
+Hydra hands over whatever the user typed (`predictor.epochs=abc` is the string "abc",
+`predictor.lr=true` a bool), and torch or `range` would fail deep inside, or worse accept
+it (`float(True) == 1.0`, `bool("no") is True`). Every numeric or boolean option of a stage
+goes through one of these functions, which return the value in its proper type.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from usam.errors import UsamError
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def number(
+    value: Any,
+    key: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number in [low, high] (`*_open`: that end excluded)."""
+    rng = _range_text(low, high, low_open, high_open)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsamError(f"{key} must be a number{rng}, got {_show(value)}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise UsamError(f"{key} must be a finite number{rng}, got {_show(value)}")
+    if (low is not None and (v < low or (low_open and v == low))) or (
+        high is not None and (v > high or (high_open and v == high))
+    ):
+        raise UsamError(f"{key} must be a number{rng}, got {_show(value)}")
+    return v
+
+
+def integer(value: Any, key: str, *, low: int | None = None, high: int | None = None) -> int:
+    """A whole number in [low, high]; 10.0 counts as 10, 10.5 does not."""
+    rng = _range_text(low, high, False, False)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
+        raise UsamError(f"{key} must be a whole number{rng}, got {_show(value)}")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise UsamError(f"{key} must be a whole number{rng}, got {_show(value)}")
+    return v
+
+
+def flag(value: Any, key: str) -> bool:
+    """true or false, nothing else (a string "false" would otherwise count as true)."""
+    if not isinstance(value, bool):
+        raise UsamError(f"{key} must be true or false, got {_show(value)}")
+    return value
+
+
+def interval(
+    value: Any,
+    key: str,
+    *,
+    whole: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> tuple[float, float] | tuple[int, int]:
+    """A search range [a, b] with a < b, both inside [low, high] (`*_open`: that end excluded)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise UsamError(f"{key} must be a range [low, high], got {_show(value)}")
+    value = list(value)  # a ListConfig too
+    if whole:
+        a, b = (integer(v, f"{key}[{i}]", low=low, high=high) for i, v in enumerate(value))
+    else:
+        a, b = (
+            number(v, f"{key}[{i}]", low=low, high=high, low_open=low_open, high_open=high_open)
+            for i, v in enumerate(value)
+        )
+    if not a < b:
+        raise UsamError(f"{key} must be a range [low, high] with low < high, got {list(value)}")
+    return a, b
+
+
+def _range_text(low: Any, high: Any, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return ""
