@@ -113,7 +113,7 @@ BAD_OPTIONS = [
         "predictor.hidden=[65536, 65536]: 4,328,718,337 parameters, more than the "
         "100,000,000 allowed",
     ),
-    ("predictor.no_augmented=maybe", "predictor.no_augmented must be true or false, got 'maybe'"),
+    ("predictor.augmented=maybe", "predictor.augmented must be true or false, got 'maybe'"),
     ("trainer.val_fraction=1", "trainer.val_fraction must be a number in (0, 1), got 1"),
     ("trainer.val_fraction=abc", "trainer.val_fraction must be a number in (0, 1), got 'abc'"),
     ("trainer.eval_batch_size=0", "trainer.eval_batch_size must be a whole number >= 1, got 0"),
