@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from usam.errors import UsamError
-from usam.storage import inside, read_json, relative_problem, write_json
+from usam.storage import atomic_path, inside, read_json, relative_problem, write_json
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,9 @@ def verify_checkpoint(path: str | Path, sha256: str | None) -> None:
 def record_sidecar(path: str | Path, digest: str, why: str) -> bool:
     """Write `<path>.sha256` (atomically); False with a warning where the folder is read-only."""
     side = sidecar_path(path)
-    tmp = side.with_name(side.name + ".tmp")
-    try:
-        tmp.write_text(digest + "\n")
-        os.replace(tmp, side)
+    try:  # a unique temporary name: parallel shards may record the same file at once
+        with atomic_path(side) as tmp:
+            tmp.write_text(digest + "\n")
     except OSError as err:
         log.warning("%s: cannot record its sha256 in %s (%s); it stays unverified", path, side, err)
         return False

@@ -122,6 +122,19 @@ def test_resuming_with_other_settings_is_an_error_and_keeps_the_records(
     assert files(out) == before
 
 
+def test_the_settings_are_checked_before_anything_is_written(davis, tmp_path):
+    """Only the second image has an old record: without the up-front check the run would
+    write the first image with the new settings, then stop, leaving a mixed folder."""
+    out = tmp_path / "out"
+    extract(davis, out)
+    for suffix in (".json", ".safetensors"):
+        (out / NAMES[0]).with_suffix(suffix).unlink()
+    before = files(out)
+    with pytest.raises(UsamError, match=r"00001\.json was extracted with other settings \(seed"):
+        extract(davis, out, seed=5)
+    assert files(out) == before
+
+
 def test_resume_false_recomputes_with_the_new_settings(davis, tmp_path):
     out = tmp_path / "out"
     extract(davis, out)
