@@ -29,7 +29,14 @@ def read_links(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]
     """(file_name, cdn_link) rows, and (line label, reason) for rows that cannot be used."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a BOM
-            rows = list(csv.reader(f, delimiter="\t"))
+            reader = csv.reader(f, delimiter="\t")
+            try:
+                rows = list(reader)
+            except csv.Error as err:  # a field over csv's limit (128 KiB), a NUL byte, ...
+                raise UsamError(
+                    f"{path}:{reader.line_num}: not a link list line ({err}); pass the SA-V "
+                    "link list (.tsv) with --input-file"
+                ) from None
     except FileNotFoundError:
         raise UsamError(f"{path} not found; pass the SA-V link list with --input-file") from None
     except UnicodeDecodeError as err:

@@ -135,6 +135,7 @@ def test_stats_count_images_instances_and_empty(root):
         "images_without_instances": 8,
         "unreadable": 0,
         "unreadable_files": [],
+        "dropped": {},
     }
     assert all(m.dtype == bool for s in samples for m in s.masks.values())
 

@@ -245,7 +245,7 @@ def test_verify_checkpoint(tmp_path):
     with pytest.raises(UsamError, match="not found.*usam.download_checkpoints"):
         verify_checkpoint(ckpt, None)
     ckpt.write_bytes(DATA)
-    verify_checkpoint(ckpt, None)  # unverifiable: warns only
+    verify_checkpoint(ckpt, None)  # no pin, no sidecar: its digest is recorded on this first use
     verify_checkpoint(ckpt, sha(DATA))
     with pytest.raises(UsamError, match="expected the pinned"):
         verify_checkpoint(ckpt, sha(b"x"))

@@ -264,7 +264,9 @@ def test_bundle_errors(tmp_path):
         load_bundle(tmp_path)
     save_bundle(tmp_path / "b", UsamMLP(hidden=[4]), {"target": "iou_tiny", "output_shift": 0.0})
     (tmp_path / "b" / "model.safetensors").write_bytes(b"junk")
-    with pytest.raises(UsamError, match="cannot load weights"):
+    with pytest.raises(
+        UsamError, match="sha256 differs"
+    ):  # config.json records the weights' digest
         load_bundle(tmp_path / "b")
 
 

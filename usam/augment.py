@@ -161,6 +161,14 @@ class Augmentations:
             raise KeyError(f"unknown image variant {name!r}; known: {self.names}")
         return True
 
+    def describe(self) -> dict[str, Any]:
+        """What the variants are (transform and arguments) and the seed: the part of an
+        extraction's settings that decides its augmented numbers."""
+        return {
+            "seed": self.seed,
+            "variants": {n: repr(v.transform) for n, v in self.variants.items()},
+        }
+
     def __len__(self) -> int:
         return 1 + len(self.variants)
 

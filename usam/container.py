@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -51,6 +50,7 @@ from usam.containers import (
 from usam.errors import SampleError, UsamError
 from usam.extract import RECORD_SCHEMA  # stage 1 defines the record
 from usam.options import flag
+from usam.storage import MismatchedPair, make_temp_dir, read_verified, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ class ContainerWriter:
         self.skipped_files: list[dict[str, str]] = []
         self.missing_models: list[dict[str, Any]] = []
         self.images_missing_models = 0
+        self.unverified = 0
 
     # ---- the stage -------------------------------------------------------------------------
     def write(self) -> dict[str, Any]:
@@ -172,7 +173,7 @@ class ContainerWriter:
             )
         self._check_replace(self.scanned)  # before the long pass: fail fast
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        tmp = make_temp_dir(self.out)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the container is not
@@ -214,6 +215,7 @@ class ContainerWriter:
             "skipped_by_reason": dict(self.skipped),
             "skipped_files": self.skipped_files,
             "images_missing_models": self.images_missing_models,
+            "records_without_digest": self.unverified,
             "missing_models": self.missing_models,
             "seconds": round(seconds, 3),
             "rows_per_second": round(rows / max(seconds, 1e-9), 1),
@@ -221,6 +223,8 @@ class ContainerWriter:
         }
 
     def _check_out(self) -> None:
+        # builds and replaced containers of killed runs (their owner's process is gone)
+        remove_stale_temps(self.out.parent, prefix=f"{self.out.name}.")
         """Refuse an `out` that is not ours to replace; describe a container found there."""
         self.replaced, self._old_images, self._old_error = None, None, None
         if not self.out.exists():
@@ -293,7 +297,7 @@ class ContainerWriter:
         old = None
         self._say_replaced()
         if self.out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+            old = make_temp_dir(self.out, "old")
             os.replace(self.out, old / "container")
         os.replace(tmp, self.out)
         if old is not None:
@@ -530,8 +534,11 @@ class ContainerWriter:
                 best[j, k] = b
 
         tokens = np.empty((P, V, n, 2, TOKEN_DIM), dtype=np.float32)
+        digest = rec.get("tensors_sha256")
+        if digest is None:
+            self.unverified += 1  # a record from before digests: its pair cannot be checked
         if n:
-            self._tokens(stem, present, variants, best, tokens)
+            self._tokens(stem, present, variants, best, tokens, digest)
 
         missing = [m for m in self.models if m not in rec["models"]]
         if missing:
@@ -595,44 +602,52 @@ class ContainerWriter:
         return out
 
     def _tokens(
-        self, stem: str, present: list[int], variants: list[str], best: np.ndarray, out: np.ndarray
+        self,
+        stem: str,
+        present: list[int],
+        variants: list[str],
+        best: np.ndarray,
+        out: np.ndarray,
+        digest: str | None = None,
     ) -> None:
         """Fill out[p, v, i] = [iou_token, mask_tokens[best]] from the record's safetensors."""
-        from safetensors import safe_open
+        from safetensors.numpy import load
 
         path = stem + ".safetensors"
         n = out.shape[2]
         try:
-            with safe_open(path, framework="np") as f:
-                keys = set(f.keys())
-                for p, j in enumerate(present):
-                    m = self.models[j]
-                    for k, v in enumerate(variants):
-                        names = (f"{m}/{v}/iou_token", f"{m}/{v}/mask_tokens")
-                        for name in names:
-                            if name not in keys:
-                                raise _Bad(f"tensor {name} is missing", suffix=".safetensors")
-                        iou_token, mask_tokens = f.get_tensor(names[0]), f.get_tensor(names[1])
-                        if iou_token.shape != (n, TOKEN_DIM) or mask_tokens.shape != (
-                            n,
-                            3,
-                            TOKEN_DIM,
-                        ):
-                            raise _Bad(
-                                f"{m}/{v}: tokens of shape {iou_token.shape} and {mask_tokens.shape}, "
-                                f"expected ({n}, {TOKEN_DIM}) and ({n}, 3, {TOKEN_DIM})",
-                                suffix=".safetensors",
-                            )
-                        if not (np.isfinite(iou_token).all() and np.isfinite(mask_tokens).all()):
-                            raise _Bad(
-                                f"{m}/{v}: tokens are not finite", "non_finite", ".safetensors"
-                            )
-                        out[p, k, :, 0] = iou_token
-                        out[p, k, :, 1] = mask_tokens[np.arange(n), best[j, k]]
-        except SampleError:
-            raise
+            data = read_verified(path, digest, stem + ".json")
+        except MismatchedPair as err:
+            raise _Bad(f"{err}; re-extract it", "mismatched_pair", ".safetensors") from None
+        except UsamError as err:
+            raise _Bad(str(err), suffix=".safetensors") from None
+        try:
+            f = load(data)
         except Exception as err:  # safetensors raises its own error type for broken files
             raise _Bad(f"unreadable tokens ({err})", suffix=".safetensors") from None
+        keys = set(f)
+        for p, j in enumerate(present):
+            m = self.models[j]
+            for k, v in enumerate(variants):
+                names = (f"{m}/{v}/iou_token", f"{m}/{v}/mask_tokens")
+                for name in names:
+                    if name not in keys:
+                        raise _Bad(f"tensor {name} is missing", suffix=".safetensors")
+                iou_token, mask_tokens = f[names[0]], f[names[1]]
+                if iou_token.shape != (n, TOKEN_DIM) or mask_tokens.shape != (
+                    n,
+                    3,
+                    TOKEN_DIM,
+                ):
+                    raise _Bad(
+                        f"{m}/{v}: tokens of shape {iou_token.shape} and {mask_tokens.shape}, "
+                        f"expected ({n}, {TOKEN_DIM}) and ({n}, 3, {TOKEN_DIM})",
+                        suffix=".safetensors",
+                    )
+                if not (np.isfinite(iou_token).all() and np.isfinite(mask_tokens).all()):
+                    raise _Bad(f"{m}/{v}: tokens are not finite", "non_finite", ".safetensors")
+                out[p, k, :, 0] = iou_token
+                out[p, k, :, 1] = mask_tokens[np.arange(n), best[j, k]]
 
 
 def _images(c: Container) -> set[tuple[str, str]]:

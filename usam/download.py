@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from usam.errors import UsamError
-from usam.storage import read_json, write_json
+from usam.storage import atomic_path, inside, read_json, relative_problem, write_json
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _UNSAFE_MEMBER = getattr(tarfile, "FilterError", ())
 _MERGE_LOCK = threading.Lock()
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
+_RESERVED = re.compile(r"^\..+\.(extracted|tmp-.*)$")  # see _marker and extract's temp folder
 
 
 class _Retry(Exception):
@@ -110,19 +111,39 @@ def verify_checkpoint(path: str | Path, sha256: str | None) -> None:
         raise UsamError(f"{path} not found; {fix}")
     want = _check_digest(sha256, f"pinned sha256 for {path}") if sha256 else None
     recorded = read_sidecar(path)
-    if want is None and recorded is None:
-        log.warning("%s: no pinned or recorded sha256; using it unverified", path)
-        return
     digest = file_sha256(path)
+    if recorded is None:
+        # a file copied in by hand: record its digest now, so later changes are caught
+        if want is None or digest == want:
+            record_sidecar(path, digest, "first use" if want is None else "matches its pin")
     if want is not None and digest != want:
         raise UsamError(
             f"{path}: sha256 is {digest}, expected the pinned {want}; delete it and {fix}"
         )
     if recorded is not None and digest != recorded:
         raise UsamError(
-            f"{path}: sha256 is {digest} but {sidecar_path(path)} recorded {recorded} at download "
-            f"(file changed or truncated since); delete both and {fix}"
+            f"{path}: sha256 is {digest} but {sidecar_path(path)} recorded {recorded} "
+            f"(at download or first use; the file changed or was truncated since); delete both and {fix}"
         )
+
+
+def record_sidecar(path: str | Path, digest: str, why: str) -> bool:
+    """Write `<path>.sha256` (atomically); False with a warning where the folder is read-only."""
+    side = sidecar_path(path)
+    try:  # a unique temporary name: parallel shards may record the same file at once
+        with atomic_path(side) as tmp:
+            tmp.write_text(digest + "\n")
+    except OSError as err:
+        log.warning("%s: cannot record its sha256 in %s (%s); it stays unverified", path, side, err)
+        return False
+    log.warning(
+        "%s: no recorded sha256; recorded %s in %s (%s): a later change to the file is an error",
+        path,
+        digest,
+        side.name,
+        why,
+    )
+    return True
 
 
 # --------------------------------------------------------------------------- download
@@ -238,6 +259,8 @@ def download(
     dest = Path(dest)
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise UsamError(f"{url}: only http(s) URLs can be downloaded (for {dest})")
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):  # http.client refuses them on every try
+        raise UsamError(f"{url!r}: a URL cannot hold spaces or control characters (for {dest})")
     want = _check_digest(sha256, f"pinned sha256 for {dest}") if sha256 else None
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _PartFile(dest.with_name(dest.name + ".part"))
@@ -295,51 +318,63 @@ def download(
 
 def _check_relative(name: str, what: str) -> PurePosixPath:
     """`name` as a plain relative path: no absolute path, drive, `..` or NUL."""
-    parts = PurePosixPath(name.replace("\\", "/"))
-    if (
-        not name
-        or "\x00" in name
-        or parts.is_absolute()
-        or re.match(r"[A-Za-z]:", name)
-        or ".." in parts.parts
-        or parts.parts in ((), (".",))
-    ):
-        raise UsamError(
-            f"{what} {name!r} is not a plain relative path (absolute, '..' or empty); refusing it"
-        )
-    return parts
+    problem = relative_problem(name)
+    if problem:
+        raise UsamError(f"{what} {name!r} is not a plain relative path ({problem}); refusing it")
+    return PurePosixPath(name.replace("\\", "/"))
 
 
 def safe_join(root: str | Path, name: str) -> Path:
     """`root / name`, refusing names that are absolute, contain `..` or resolve outside root."""
-    _check_relative(name, "file name")
-    root = Path(root)
-    path = root / name
-    if not path.resolve().is_relative_to(root.resolve()):  # e.g. through a symlink
-        raise UsamError(f"file name {name!r} resolves outside {root}; refusing it")
-    return path
+    return inside(root, name)
 
 
 def is_archive(name: str | Path) -> bool:
     return str(name).lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def _reserved(name: str) -> bool:
+    """Names this module writes into `out_dir` itself: done-markers and temporary folders.
+
+    An archive member with such a name (at any depth: a link to `.` can lift it to the
+    top) could forge another archive's marker and suppress its download; refused.
+    """
+    base = PurePosixPath(name.replace("\\", "/")).name
+    return bool(_RESERVED.match(base))
+
+
+def _check_member_name(name: str, archive: Path) -> None:
+    _check_relative(name, f"{archive}: member")
+    if _reserved(name):
+        raise UsamError(
+            f"{archive}: member {name!r} has the name of a usam extraction marker or temporary "
+            "folder; refusing the archive"
+        )
+
+
 def _check_tar_member(m: tarfile.TarInfo, archive: Path) -> bool:
-    """Raise UsamError for an unsafe member; False for the archive's own root folder `./`."""
+    """Raise UsamError for an unsafe member; False for the archive's own root folder `./`.
+
+    Sound without the stdlib filter (Python < 3.11.4 has none, and it had link bypasses
+    after that): a symlink target must be relative and free of `..`, so every link points
+    at or below its own folder; by induction a chain of links, whatever the order in which
+    they are unpacked, never leaves the extraction folder. Hard links name a member path,
+    checked the same way.
+    """
     what = f"{archive}: member"
     if m.isdir() and PurePosixPath(m.name).parts == ():
         return False
-    _check_relative(m.name, what)
+    _check_member_name(m.name, archive)
     if m.issym():
-        # a relative link target is taken from the link's own folder
-        if m.linkname.startswith("/") or re.match(r"[A-Za-z]:", m.linkname):
+        target = m.linkname.replace("\\", "/")
+        if target.startswith("/") or re.match(r"[A-Za-z]:", target):
             raise UsamError(
                 f"{what} {m.name!r} links to the absolute path {m.linkname!r}; refusing the archive"
             )
-        target = os.path.normpath(os.path.join(os.path.dirname(m.name), m.linkname))
-        if target == ".." or target.startswith("../"):
+        if ".." in PurePosixPath(target).parts or not target:
             raise UsamError(
-                f"{what} {m.name!r} links outside the archive ({m.linkname!r}); refusing the archive"
+                f"{what} {m.name!r} links upwards ({m.linkname!r}): links may only point into "
+                "their own folder; refusing the archive"
             )
     elif m.islnk():
         _check_relative(m.linkname, f"{what} {m.name!r} hard-links to")
@@ -408,7 +443,7 @@ def extract(archive: str | Path, out_dir: str | Path) -> bool:
             with zipfile.ZipFile(archive) as zf:
                 infos = zf.infolist()
                 for info in infos:
-                    _check_relative(info.filename, f"{archive}: member")
+                    _check_member_name(info.filename, archive)
                 for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", leave=False):
                     zf.extract(info, tmp)
                 members = len(infos)

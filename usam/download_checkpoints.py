@@ -16,7 +16,14 @@ from omegaconf import DictConfig
 
 from usam import CONF_DIR
 from usam.cli import run_stage, save_run
-from usam.download import download, file_sha256, is_complete, read_sidecar, safe_join
+from usam.download import (
+    download,
+    file_sha256,
+    is_complete,
+    read_sidecar,
+    record_sidecar,
+    safe_join,
+)
 from usam.errors import UsamError
 from usam.storage import write_json
 
@@ -51,7 +58,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     sm.urls[size], dest, sha256=pinned, retries=cfg.retries, timeout=cfg.timeout
                 )
                 entry["status"] = "downloaded"
-            entry["sha256"] = pinned or read_sidecar(dest) or file_sha256(dest)
+            recorded = read_sidecar(dest)
+            if recorded is None:  # copied in by hand: record it now, as a download would
+                recorded = file_sha256(dest)
+                record_sidecar(dest, recorded, "first use")
+            entry["sha256"] = pinned or recorded
         except UsamError as err:  # try the other sizes, then fail the run
             entry.update(status="failed", sha256=None, error=str(err))
             failed.append(str(err))

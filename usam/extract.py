@@ -8,6 +8,7 @@ image (safetensors tokens + JSON fields, see `RecordWriter`) mirrors the image's
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,18 @@ from tqdm import tqdm
 from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.datasets.base import DatasetReader, Sample
-from usam.errors import SampleError
+from usam.errors import SampleError, UsamError
 from usam.measures import entropy, mask_iou, mixture, score_weights
 from usam.prompts import instance_rng, prompt_points
-from usam.storage import read_json, write_json, write_tensors
+from usam.storage import (
+    inside,
+    json_plain,
+    read_json,
+    read_verified,
+    remove_stale_temps,
+    write_json,
+    write_tensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +58,21 @@ class RecordWriter:
     """One record per image: `<root>/<image path without suffix>.{safetensors,json}`.
 
     The tensors are written first and the JSON last, each atomically: a JSON on disk means
-    the record is complete, which is what resume and the container stage rely on.
+    the record is complete, which is what resume and the container stage rely on. The JSON
+    holds the SHA-256 of its tensor file (a pair half replaced by a killed rewrite is not
+    taken as complete) and the `settings` that made it (`Extractor.settings`): resuming
+    over records made with other settings is an error, never a silent mix.
     """
 
     def __init__(self, *, root: str | Path, dataset: str, split: str):
         self.root = Path(root)
         self.dataset, self.split = dataset, split
+        self.settings: dict[str, Any] | None = None  # set by the Extractor before a run
+        self._visited: set[Path] = set()
 
     def stem(self, name: str) -> Path:
+        """Where the record of image `name` goes; UsamError when the name leaves `root`."""
+        inside(self.root, name, f"record name (image {name!r})")
         rel = Path(name)
         return (
             self.root
@@ -64,20 +80,86 @@ class RecordWriter:
             / (rel.stem if rel.suffix.lower() in _IMAGE_SUFFIXES else rel.name)
         )
 
+    def _visit(self, folder: Path) -> None:
+        """First time in a folder: remove the temporary files a killed run left there."""
+        if folder not in self._visited:
+            self._visited.add(folder)
+            remove_stale_temps(folder)
+
     def done(self, name: str) -> bool:
+        """True when a complete record made with `settings` exists: both files, the tensors
+        the JSON describes. UsamError when it was made with other settings."""
         stem = self.stem(name)
-        return _suffixed(stem, ".json").is_file() and _suffixed(stem, ".safetensors").is_file()
+        self._visit(stem.parent)
+        js, st = _suffixed(stem, ".json"), _suffixed(stem, ".safetensors")
+        if not (js.is_file() and st.is_file()):
+            return False
+        try:
+            rec = read_json(js)
+        except UsamError as err:
+            log.warning("%s; extracting it again", err)
+            return False
+        if not isinstance(rec, dict) or rec.get("kind") != "usam.record":
+            return False
+        self.check_settings(rec, js)
+        try:
+            read_verified(st, rec.get("tensors_sha256"), js)
+        except UsamError as err:
+            log.warning("%s; extracting it again", err)
+            return False
+        return True
+
+    def check_settings(self, rec: dict[str, Any], path: Path) -> None:
+        """UsamError naming what differs when record `rec` was made with other settings."""
+        if self.settings is None or rec.get("settings") == self.settings:
+            return
+        old = rec.get("settings")
+        if not isinstance(old, dict):
+            what = "by a usam that did not record its settings"
+        else:
+            keys = sorted(set(old) | set(self.settings))
+            diff = [
+                f"{k}: {old.get(k)!r} there, {self.settings.get(k)!r} now"
+                for k in keys
+                if old.get(k) != self.settings.get(k)
+            ]
+            what = "with other settings (" + "; ".join(diff) + ")"
+        raise UsamError(
+            f"{path} was extracted {what}; resuming would mix the two in {self.root}: "
+            "choose another out_dir, or pass extractor.resume=false to recompute and replace "
+            "its records"
+        )
+
+    def check_existing(self) -> None:
+        """Before a resumed run: the first record found under `root` must have our settings."""
+        if self.settings is None or not self.root.is_dir():
+            return
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for f in sorted(files):
+                if not f.endswith(".json") or f.startswith("."):
+                    continue
+                try:
+                    rec = read_json(Path(folder, f))
+                except UsamError:
+                    continue
+                if isinstance(rec, dict) and rec.get("kind") == "usam.record":
+                    self.check_settings(rec, Path(folder, f))
+                    return
 
     def write(self, name: str, record: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
         stem = self.stem(name)
+        self._visit(stem.parent)
+        digest = write_tensors(_suffixed(stem, ".safetensors"), tensors)
         record = {
             "schema": RECORD_SCHEMA,
             "kind": "usam.record",
             "dataset": self.dataset,
             "split": self.split,
             **record,
+            "settings": self.settings,
+            "tensors_sha256": digest,
         }
-        write_tensors(_suffixed(stem, ".safetensors"), tensors)
         return write_json(_suffixed(stem, ".json"), record)
 
     def read(self, name: str) -> dict[str, Any]:
@@ -116,6 +198,9 @@ class Extractor:
                 "SAM 2 has RANDOM weights: every record is marked random_weights=true "
                 "and its numbers mean nothing"
             )
+        self.writer.settings = self.settings(reader)
+        if self.resume:
+            self.writer.check_existing()
         done = skipped = instances = 0
         failed: list[dict[str, str]] = []
         start = time.perf_counter()
@@ -147,6 +232,7 @@ class Extractor:
             "skipped": skipped,
             "failed": len(failed),
             "failures": failed,
+            "dropped": dict(reader.stats.dropped),
             "instances": instances,
             "seconds": round(seconds, 3),
             "images_per_second": round(done / seconds, 4) if seconds > 0 else None,
@@ -168,6 +254,26 @@ class Extractor:
         for f in failed:
             log.warning("failed: %s: %s", f["file"], f["reason"])
         return summary
+
+    def settings(self, reader: DatasetReader) -> dict[str, Any]:
+        """Everything that changes a record's numbers (not speed settings such as batch size,
+        device or compilation): records carry it and resume checks it."""
+        models, augment = self.models, self.augment
+        return json_plain(
+            {
+                "sam_version": getattr(models, "version", None),
+                "models": list(models.sizes),
+                "weights": getattr(models, "weights", None),
+                "random_weights": bool(getattr(models, "random_weights", False)),
+                "image_size": getattr(models, "image_size", None),
+                "augment": augment.describe()
+                if hasattr(augment, "describe")
+                else list(augment.names),
+                "seed": self.seed,
+                "n_samples": self.n_samples,
+                "dataset": reader.content_settings() if hasattr(reader, "content_settings") else {},
+            }
+        )
 
     # -- one image -----------------------------------------------------------------------------
     def process(self, sample: Sample) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -19,7 +19,14 @@ from torch import nn
 
 from usam.errors import UsamError
 from usam.options import integer
-from usam.storage import atomic_path, read_json, write_json
+from usam.storage import (
+    MismatchedPair,
+    read_json,
+    read_verified,
+    remove_stale_temps,
+    write_bytes,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +78,24 @@ class UsamMLP(nn.Module):
 
 
 def save_bundle(directory: str | Path, model: UsamMLP, config: dict[str, Any]) -> Path:
-    """Write `model.safetensors` then `config.json` (each atomically; the JSON marks it complete)."""
-    from safetensors.torch import save_file
+    """Write `model.safetensors` then `config.json` (each atomically; the JSON marks it complete).
+
+    The JSON holds the weights' SHA-256, so a bundle rewritten in place and killed between
+    the two renames (new weights beside the old config) is refused when loaded, not used.
+    """
+    from safetensors.torch import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(directory)  # left by a killed earlier save
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    digest = write_bytes(directory / "model.safetensors", save(state, metadata={"format": "pt"}))
     config = {
         "schema": BUNDLE_SCHEMA,
         "kind": "usam.predictor",
         **config,
         "architecture": model.architecture(),
+        "weights_sha256": digest,
     }
     write_json(directory / "config.json", config)
     return directory
@@ -93,7 +105,7 @@ def load_bundle(
     directory: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[UsamMLP, dict[str, Any]]:
     """Read a bundle written by `save_bundle`: (model in eval mode, config dict)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     directory = Path(directory)
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"
@@ -103,6 +115,8 @@ def load_bundle(
             f"(written by python -m usam.train)"
         )
     config = read_json(config_path)
+    if not isinstance(config, dict):
+        raise UsamError(f"{config_path}: not a usam predictor config (not a JSON object)")
     if config.get("kind") != "usam.predictor" or config.get("schema") != BUNDLE_SCHEMA:
         raise UsamError(
             f"{config_path}: not a usam predictor config of schema {BUNDLE_SCHEMA} "
@@ -111,10 +125,20 @@ def load_bundle(
     arch = config.get("architecture", {})
     if arch.get("type") != "mlp":
         raise UsamError(f"{config_path}: unknown architecture {arch.get('type')!r}")
+    digest = config.get("weights_sha256")
+    if digest is None:
+        log.warning(
+            "%s: records no weights_sha256 (saved by an older usam): the weights cannot be "
+            "checked against it",
+            config_path,
+        )
+    try:
+        data = read_verified(weights_path, digest, config_path)
+    except MismatchedPair as err:
+        raise UsamError(f"{err}; retrain the predictor") from None
     model = UsamMLP(in_features=arch["in_features"], hidden=arch["hidden"])
     try:
-        state = load_file(str(weights_path))
-        model.load_state_dict(state)
+        model.load_state_dict(load(data))
     except Exception as err:  # safetensors header errors and shape mismatches alike
         raise UsamError(
             f"{weights_path}: cannot load weights ({err}); retrain the predictor"

@@ -509,6 +509,7 @@ class SamModels:
         self.version = str(version)
         self.sizes = [str(s) for s in sizes]
         self.random_weights = bool(random_weights)
+        self.seed = int(seed)
         self.checkpoint_dir = Path(checkpoint_dir)
         self.urls = dict(urls or {})
         self.image_size = check_image_size(image_size)
@@ -538,6 +539,7 @@ class SamModels:
                 )
         self.device = resolve_device(device)
         self._models: dict[str, SamModel] = {}
+        self._paths = paths
         for s in self.sizes:
             t0 = time.perf_counter()
             model = build_sam2_model(
@@ -565,6 +567,17 @@ class SamModels:
                 model.image_size,
                 time.perf_counter() - t0,
             )
+
+    @property
+    def weights(self) -> dict[str, str | None]:
+        """Per size, what its weights are: the checkpoint's recorded sha256 (recorded on first
+        use when it was copied in by hand), or the seed of random weights. Extraction records
+        carry it, so a rerun with other weights does not resume over their records."""
+        if self.random_weights:
+            return {s: f"random seed {self.seed}" for s in self.sizes}
+        from usam.download import read_sidecar
+
+        return {s: read_sidecar(self._paths[s]) for s in self.sizes}
 
     def __getitem__(self, size: str) -> SamModel:
         try:

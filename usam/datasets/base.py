@@ -9,6 +9,7 @@ counted in `reader.stats`; with `strict=True` the first broken sample raises ins
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from usam.errors import SampleError, UsamError
+from usam.storage import relative_problem
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class Stats:
     instances: int = 0
     empty: int = 0  # images read fine but without any instance
     unreadable: list[dict[str, str]] = field(default_factory=list)
+    # parts of a readable sample left out, by reason (e.g. COCO polygons under 6 numbers)
+    dropped: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +62,7 @@ class Stats:
             "images_without_instances": self.empty,
             "unreadable": len(self.unreadable),
             "unreadable_files": self.unreadable,
+            "dropped": dict(self.dropped),
         }
 
 
@@ -68,6 +73,8 @@ class DatasetReader:
     `video=True` makes `sample=k` keep every k-th frame of each video; for still
     images it keeps every k-th image of the sorted split.
     `start`/`end` then keep a slice of that list (the seed's --start/--end).
+    `max_instances` caps the instances of one sample: more is a counted skip (a noise
+    image read as a mask would otherwise become thousands of "objects").
     Shards are contiguous blocks of the (subsampled) entry list, so a video's frames
     mostly stay in one shard; together the shards cover the split exactly once.
     """
@@ -88,6 +95,7 @@ class DatasetReader:
         strict: bool = False,
         start: int = 0,
         end: int | None = None,
+        max_instances: int = 1000,
     ):
         self.root = Path(root).expanduser()
         self.name = name or type(self).__name__.lower()
@@ -112,6 +120,12 @@ class DatasetReader:
         )
         self.strict = bool(strict)
         self.start, self.end = int(start), (None if end is None else int(end))
+        try:
+            self.max_instances = int(max_instances)
+        except (TypeError, ValueError):
+            self.max_instances = 0
+        if self.max_instances < 1:
+            raise UsamError(f"dataset.max_instances must be an integer >= 1, got {max_instances!r}")
         self.stats = Stats()
         if not self.root.is_dir():
             raise UsamError(f"dataset root {self.root} does not exist; expected {self.layout}")
@@ -126,7 +140,34 @@ class DatasetReader:
         """Read one sample; raise SampleError naming the file when it is broken."""
         raise NotImplementedError
 
+    def content_settings(self) -> dict[str, Any]:
+        """Reader options that change what a sample holds (recorded with every extraction)."""
+        return {}
+
     # -- shared ---------------------------------------------------------------------------
+    def name_problem(self, name: str) -> str | None:
+        """Why a name read from the dataset's own files may not be used as a path, or None."""
+        problem = relative_problem(name)
+        return f"{name!r} leaves the dataset root ({problem})" if problem else None
+
+    def skip_indexed(self, path: Path | str, reason: str) -> None:
+        """Something found unusable while indexing: logged and counted (once over all shards,
+        since every shard indexes the whole split), or an error with strict=True."""
+        if self.strict:
+            raise SampleError(path, reason)
+        log.warning("skipping %s: %s", path, reason)
+        if self.shard_index == 0:
+            self.stats.unreadable.append({"file": str(path), "reason": reason})
+
+    def check_count(self, n: int, path: Path | str) -> None:
+        """SampleError when a sample has more than `max_instances` instances."""
+        if n > self.max_instances:
+            raise SampleError(
+                path,
+                f"{n} instances, more than dataset.max_instances={self.max_instances} "
+                "(not a label map of objects? raise the cap if it is)",
+            )
+
     def require(self, path: Path, what: str) -> Path:
         """Fail at once, naming the path and the expected layout, when `path` is missing."""
         if not path.exists():
@@ -160,6 +201,7 @@ class DatasetReader:
         try:
             sample = self.load(entry)
             check_sample(sample, entry.name)
+            self.check_count(len(sample.masks), entry.name)
         except SampleError as err:
             if self.strict:
                 raise
@@ -173,22 +215,44 @@ class DatasetReader:
 
 
 # -- file helpers shared by the readers -------------------------------------------------------
+def _too_big(err: Exception) -> str:
+    return (
+        f"{err} (PIL's decompression-bomb guard: Image.MAX_IMAGE_PIXELS="
+        f"{Image.MAX_IMAGE_PIXELS}; raise it in your own code if the file is genuine)"
+    )
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as H x W x 3 uint8 RGB, or SampleError naming the file."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as err:
+        raise SampleError(path, f"image too large: {_too_big(err)}") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise SampleError(path, f"unreadable image ({err})") from None
 
 
+LABEL_MODES = ("P", "L", "1")  # palette, 8-bit grey, 1-bit: one id per pixel
+
+
 def read_label_png(path: Path) -> np.ndarray:
-    """A palette or grey PNG as its raw index values (object or class id per pixel)."""
+    """A palette or 8-bit grey PNG as its raw index values (object or class id per pixel).
+
+    Other modes are refused: an RGB mask converted to grey turns every colour edge into a
+    new "object", and a 16-bit image is not an id map any dataset here ships.
+    """
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L", "I", "I;16", "1"):
-                im = im.convert("L")
+            if im.mode not in LABEL_MODES:
+                raise SampleError(
+                    path,
+                    f"mask is a {im.mode} image; expected a palette (P) or 8-bit single-channel "
+                    "(L) PNG whose pixel values are ids",
+                )
             return np.asarray(im)
+    except Image.DecompressionBombError as err:
+        raise SampleError(path, f"mask too large: {_too_big(err)}") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise SampleError(path, f"unreadable mask ({err})") from None
 

@@ -57,6 +57,13 @@ class VideoFolders(DatasetReader):
         log.warning("skipping video %s: %s", path, reason)
         self.stats.unreadable.append({"file": str(path), "reason": reason})
 
+    def listed_video_ok(self, video: str, source: Path) -> bool:
+        """False (counted skip) for a listed name that would leave the dataset's folders."""
+        problem = self.name_problem(video)
+        if problem:
+            self.skip_video(source, f"video {problem}; skipped")
+        return problem is None
+
     def video_entries(self, video: str, image_dir: Path, mask_dir: Path) -> list[Entry]:
         """One entry per annotated frame of `video`, in frame order."""
         for folder in (image_dir, mask_dir):
@@ -147,5 +154,8 @@ class Davis(VideoFolders):
     def index(self) -> list[Entry]:
         entries = []
         for video in self.videos():
-            entries += self.video_entries(video, self.image_root / video, self.mask_root / video)
+            if self.listed_video_ok(video, self.list_file):
+                entries += self.video_entries(
+                    video, self.image_root / video, self.mask_root / video
+                )
         return entries

@@ -47,5 +47,8 @@ class Mose(VideoFolders):
     def index(self) -> list[Entry]:
         entries = []
         for video in self.videos():
-            entries += self.video_entries(video, self.image_root / video, self.mask_root / video)
+            if self.listed_video_ok(video, self.meta_file):
+                entries += self.video_entries(
+                    video, self.image_root / video, self.mask_root / video
+                )
         return entries

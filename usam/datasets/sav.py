@@ -31,6 +31,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from usam.datasets.base import DatasetReader, Entry, Sample, read_label_png, read_rgb
+from usam.datasets.coco import rle_counts
 from usam.errors import SampleError, UsamError
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,17 @@ def decode_rle(rle: dict[str, Any] | None, shape: tuple[int, int], path: Path, w
     if size != list(shape):
         raise SampleError(
             path, f"{what} is {size[1]}x{size[0]} but the video frame is {shape[1]}x{shape[0]}"
+        )
+    # pycocotools trusts the run lengths: a too-short RLE decodes uninitialised memory
+    try:
+        runs = rle_counts(counts) if isinstance(counts, bytes) else None
+    except ValueError as err:
+        raise SampleError(path, f"{what}: undecodable RLE ({err})") from None
+    if runs is None:
+        raise SampleError(path, f"{what}: RLE counts must be a compressed RLE string")
+    if sum(runs) != size[0] * size[1] or min(runs, default=0) < 0:
+        raise SampleError(
+            path, f"{what}: RLE runs cover {sum(runs)} pixels, the frame has {size[0] * size[1]}"
         )
     try:
         m = mask_utils.decode({"size": size, "counts": counts})
@@ -127,6 +139,15 @@ class SAV(DatasetReader):
         self._pos = 0  # index of the frame the next read() returns
         self._ann_video: Path | None = None
         self._ann: list[tuple[dict[str, Any], int, Path]] = []
+        self._broken: set[Path] = set()  # videos that failed to read: counted once, then skipped
+
+    def content_settings(self) -> dict[str, Any]:
+        return {"annotation_set": self.annotation_set}
+
+    def try_load(self, entry: Entry) -> Sample | None:
+        if entry.info.get("video") in self._broken:
+            return None  # its first failure was counted; the rest of the video goes with it
+        return super().try_load(entry)
 
     def _find_subsets(self) -> list[Path]:
         have = sorted(p.name for p in self.split_dir.iterdir() if p.is_dir())
@@ -196,6 +217,10 @@ class SAV(DatasetReader):
         videos = [v.strip() for v in self.list_file.read_text().splitlines() if v.strip()]
         entries = []
         for video in dict.fromkeys(videos):  # unique, in list order
+            problem = self.name_problem(video)
+            if problem:
+                self._skip_video(SampleError(self.list_file, f"video {problem}; skipped"))
+                continue
             ann_dir = self.split_dir / "Annotations_6fps" / video
             objects, frames = {}, set()
             for d in sorted(ann_dir.iterdir()) if ann_dir.is_dir() else []:
@@ -238,9 +263,17 @@ class SAV(DatasetReader):
 
     def _load_train(self, entry: Entry) -> Sample:
         k = entry.index_in_group
-        image = self.read_frame(entry.info["video"], FRAME_STEP * k)
+        try:
+            image = self.read_frame(entry.info["video"], FRAME_STEP * k)
+        except SampleError as err:
+            self._broken.add(entry.info["video"])
+            raise SampleError(
+                err.path, f"{err.reason}; the video's remaining frames are skipped with it"
+            ) from None
+        anns = self._annotations(entry.info)
+        self.check_count(sum(len(d["masklet_id"]) for d, _, _ in anns), entry.info["video"])
         masks = {}
-        for data, offset, path in self._annotations(entry.info):
+        for data, offset, path in anns:
             if k >= len(data["masklet"]):
                 continue
             if len(data["masklet"][k]) != len(data["masklet_id"]):
