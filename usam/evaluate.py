@@ -261,8 +261,8 @@ class Evaluator:
         else:
             status = "out-of-sample"
             text = (
-                f"out-of-sample: none of the {groups} groups ({n} rows) evaluated ({where}) was in "
-                "any predictor's training fit"
+                f"out-of-sample: none of the {groups} group{'s' if groups != 1 else ''} ({n} rows) "
+                f"evaluated ({where}) was in any predictor's training fit"
             )
         level = logging.INFO if status in ("out-of-sample", "no-predictors") else logging.WARNING
         self.note(text, level)
