@@ -100,6 +100,14 @@ def test_a_val_container_is_never_in_the_fit(pair, compose_cfg, tmp_path):
     seen = read_seen(tmp_path / "m" / "unsupervised_iou", record)
     assert seen == {"davis": {f"v{g:03d}" for g in range(12)}}
     assert not seen_rows(Container.open(val), seen).any()
+    # so python -m usam.evaluate scores the separate container, and refuses the training one
+    from usam.evaluate import Evaluator
+
+    ev = Evaluator(device="cpu", plots=False, tensorboard=False, use_cases=["segmentation"])
+    summary = ev.run(container=val, predictors=tmp_path / "m", split="all", run_dir=tmp_path / "e")
+    assert summary["protocol"] == "out-of-sample" and summary["rows"] == 5 * 2 * 3 * 2
+    with pytest.raises(UsamError, match="trained on up to 144 of the 144 rows"):
+        ev.run(container=train, predictors=tmp_path / "m", split="all", run_dir=tmp_path / "f")
 
 
 def test_the_refit_and_the_held_out_split_are_recorded(pair, compose_cfg, tmp_path):
