@@ -5,7 +5,9 @@ Hydra overrides and runs `python -m usam.extract` with them.
   python scripts/augment_dataset.py --dataset DAVIS --output-dir $USAM_INFERENCE/DAVIS --split val \
       --model-root $SAM_ROOT/models/sam/checkpoints_2.0 --root $SAM_ROOT/data/DAVIS --skip-augs
 
-Add --print-overrides to see the equivalent `python -m usam.extract ...` command without running it.
+SA-V training subsets: `--split train --train-subsets 0 1` (numbers, as the published flag took
+them) or folder names (`sav_000 sav_001`). Add --print-overrides to see the equivalent
+`python -m usam.extract ...` command without running it.
 """
 
 from __future__ import annotations

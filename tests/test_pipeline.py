@@ -187,3 +187,61 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path):
     assert "out-of-sample" in res.stderr + res.stdout
     assert (folders["evaluate"] / "curves_model_selection.png").is_file()
     assert "RANDOM weights" in res.stderr + res.stdout
+
+
+def test_pipeline_trains_on_the_train_split_and_evaluates_the_other(tmp_path):
+    """A dataset with a training split: both splits are extracted and contained, the
+    predictors are fitted on train and evaluated on every row of val."""
+    from video_trees import make_davis
+
+    video = {"frames": 2, "size": (24, 32), "ids": (1, 2)}
+    make_davis(
+        tmp_path / "DAVIS",
+        {v: video for v in ("bear", "cat", "dog", "elk", "fox")},
+        {"train": ["bear", "cat", "dog"], "val": ["elk", "fox"]},
+    )
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "usam.pipeline",
+            "dataset=davis",
+            "dataset.resolution=480p",
+            "sam_model=random",
+            "sam_model.sizes=[tiny]",
+            "sam_model.image_size=64",
+            "predictor.epochs=1",
+            "pipeline.targets=[iou_tiny,task_gap]",
+            "+device=cpu",
+            f"paths.data={tmp_path}",
+            f"paths.inference={tmp_path / 'inference'}",
+            f"paths.log_dir={tmp_path / 'outputs'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    protocol = summary["protocol"]
+    assert protocol["name"] == "train/test splits" and protocol["train_split"] == "train"
+    assert protocol["evaluation"] == "out-of-sample"
+    assert set(summary["run_folders"]) == {
+        "extract_train",
+        "container_train",
+        "extract",
+        "container",
+        "train",
+        "evaluate",
+    }
+    assert summary["stages"]["extract_train"]["done"] == 6  # 3 videos x 2 frames
+    assert summary["stages"]["extract"]["done"] == 4
+    inference = tmp_path / "inference" / "davis"
+    bundle = json.loads((tmp_path / summary["predictors"] / "task_gap" / "config.json").read_text())
+    assert [c["path"] for c in bundle["data"]["containers"]] == [str(inference / "train_container")]
+    assert bundle["data"]["fit"] == "train+val" and bundle["data"]["seen_groups"] == 3
+    assert summary["stages"]["train"]["task_gap"]["device"] == "cpu"  # +device reached train
+    report = json.loads((tmp_path / summary["run_folders"]["evaluate"] / "report.json").read_text())
+    assert report["container"] == str(inference / "val_container") and report["split"] == "all"
+    assert report["protocol"]["groups"] == 2 and report["rows"] == 2 * 2 * 2

@@ -100,6 +100,14 @@ def test_a_val_container_is_never_in_the_fit(pair, compose_cfg, tmp_path):
     seen = read_seen(tmp_path / "m" / "unsupervised_iou", record)
     assert seen == {"davis": {f"v{g:03d}" for g in range(12)}}
     assert not seen_rows(Container.open(val), seen).any()
+    # so python -m usam.evaluate scores the separate container, and refuses the training one
+    from usam.evaluate import Evaluator
+
+    ev = Evaluator(device="cpu", plots=False, tensorboard=False, use_cases=["segmentation"])
+    summary = ev.run(container=val, predictors=tmp_path / "m", split="all", run_dir=tmp_path / "e")
+    assert summary["protocol"] == "out-of-sample" and summary["rows"] == 5 * 2 * 3 * 2
+    with pytest.raises(UsamError, match="trained on up to 144 of the 144 rows"):
+        ev.run(container=train, predictors=tmp_path / "m", split="all", run_dir=tmp_path / "f")
 
 
 def test_the_refit_and_the_held_out_split_are_recorded(pair, compose_cfg, tmp_path):
@@ -281,3 +289,45 @@ def test_augment_dataset_train_subsets_as_numbers(tmp_path, compose_cfg):
     assert {e.name.split("/")[1] for e in reader("1").entries} == {"sav_001"}
     assert {e.name.split("/")[1] for e in reader("0", "1").entries} == {"sav_000", "sav_001"}
     assert {e.name.split("/")[1] for e in reader("sav_001").entries} == {"sav_001"}
+
+
+def test_evaluate_cuts_the_split_as_training_did(tmp_path, compose_cfg):
+    """filter_model=large: training splits the large rows only. Images without large rows
+    shift an all-rows split; evaluation must cut the training's split, not its own."""
+    from usam.evaluate import Evaluator
+
+    for g in range(12):
+        with_large = g % 3 != 0  # v0, v3, v6, v9: tiny only, and many instances
+        write_record(
+            tmp_path / "records",
+            *make_record(
+                f"v{g}/00000.jpg",
+                f"v{g}",
+                models=["tiny", "large"] if with_large else ["tiny"],
+                instances=[(i + 1, 50) for i in range(1 if with_large else 6)],
+            ),
+        )
+    ContainerWriter(roots=[tmp_path / "records"], out=tmp_path / "c").write()
+    c = Container.open(tmp_path / "c")
+    _, val_large = c.filter(model="large").split(val_fraction=0.3, seed=0)
+    _, val_all = c.split(val_fraction=0.3, seed=0)
+    assert set(val_large.groups) != set(val_all.groups)  # the case this test is about
+    run(
+        train_cfg(
+            compose_cfg,
+            tmp_path / "c",
+            "predictor=iou_large",
+            "predictor.filter_model=large",
+            "predictor.epochs=1",
+            "predictor.batch_size=4",
+            "trainer.refit_all=false",
+            "trainer.val_fraction=0.3",
+            f"out_dir={tmp_path / 'm'}",
+        )
+    )
+    summary = Evaluator(device="cpu", plots=False, tensorboard=False).run(
+        container=tmp_path / "c", predictors=tmp_path / "m", split="val", run_dir=tmp_path / "e"
+    )
+    assert summary["protocol"] == "out-of-sample"
+    view = c.subset(np.flatnonzero(np.isin(c.groups, sorted(set(val_large.groups)))))
+    assert summary["rows"] == len(view)  # every model's rows of the training's validation groups

@@ -125,44 +125,60 @@ class Evaluator:
         self.notes.append(message)
 
     # ---- inputs ----------------------------------------------------------------------------
-    def rows(self, c: Container, split: str, val_fraction: float, seed: int) -> Container:
+    def rows(self, c: Container, split: str, how: dict[str, Any]) -> Container:
         """The rows to evaluate: the validation split (as training held it out) or all rows.
 
-        Filtered before the split, as python -m usam.train does, so that both split the
-        same rows the same way.
+        The split is cut as python -m usam.train cut it (`how`: val_fraction, seed and the
+        training filters, see `split_of`); the evaluated rows are then those of its groups,
+        with or without the variant rows (`evaluator.augmented`).
         """
         if split not in ("all", "val", "train"):
             raise UsamError(f"split={split!r}; use val (the container's validation split) or all")
         view = c if self.augmented else c.filter(augmented=False)
         if split != "all" and len(view):
-            train, val = view.split(val_fraction=val_fraction, seed=seed)
-            view = val if split == "val" else train
+            base = c.filter(model=how["model"], augmented=None if how["augmented"] else False)
+            train, val = base.split(val_fraction=how["val_fraction"], seed=how["seed"])
+            groups = group_table([val if split == "val" else train])
+            view = view.subset(
+                np.flatnonzero(seen_rows(view, {d: set(g) for d, g in groups.items()}))
+            )
         if len(view) == 0:
             raise UsamError(f"{c.path}: no rows in split={split} (augmented={self.augmented})")
         return view
 
-    def split_of(self, c: Container, bundles: dict[str, Any]) -> tuple[float, int]:
-        """(val_fraction, seed): the evaluator's if set, else the one training used on `c`."""
+    def split_of(self, c: Container, bundles: dict[str, Any]) -> dict[str, Any]:
+        """How training split `c`: val_fraction and seed (the evaluator's if set) and the
+        training filters, from the records of the bundles trained on `c` alone; else 0.2, 0
+        and original-image rows of every model."""
         ident = container_identity(c)
         used = set()
         for p in bundles.values():
             record = p.config.get("data") or {}
-            mine = any(
+            mine = [
                 x["meta_sha256"] == ident["meta_sha256"] or x["path"] == ident["path"]
                 for x in record.get("containers", [])
-            )
-            if mine and record.get("split"):
-                used.add((float(record["split"]["val_fraction"]), int(record["split"]["seed"])))
-        if len(used) > 1 and (self.val_fraction is None or self.seed is None):
+            ]
+            if mine == [True] and record.get("split"):
+                f = record.get("filters") or {}
+                used.add(
+                    (
+                        float(record["split"]["val_fraction"]),
+                        int(record["split"]["seed"]),
+                        f.get("model"),
+                        bool(f.get("augmented", False)),
+                    )
+                )
+        fraction, seed, model, augmented = next(iter(used)) if used else (0.2, 0, None, False)
+        if self.val_fraction is not None or self.seed is not None:
+            fraction = fraction if self.val_fraction is None else self.val_fraction
+            seed = seed if self.seed is None else self.seed
+        elif len(used) > 1:
             raise UsamError(
-                f"the predictors were validated on different splits of {c.path} "
-                f"({sorted(used)}); set evaluator.val_fraction and evaluator.seed"
+                f"the predictors were validated on different splits of {c.path} (val_fraction, "
+                f"seed, filter_model, augmented: {sorted(used, key=str)}); evaluate them apart, "
+                "or set evaluator.val_fraction and evaluator.seed"
             )
-        fraction, seed = next(iter(used)) if used else (0.2, 0)
-        return (
-            fraction if self.val_fraction is None else self.val_fraction,
-            seed if self.seed is None else self.seed,
-        )
+        return {"val_fraction": fraction, "seed": seed, "model": model, "augmented": augmented}
 
     def pick_model(self, c: Container) -> str:
         models = list(c.meta["models"])
@@ -299,8 +315,8 @@ class Evaluator:
         else:
             status = "out-of-sample"
             text = (
-                f"out-of-sample: none of the {groups} groups ({n} rows) evaluated ({where}) was in "
-                "any predictor's training fit"
+                f"out-of-sample: none of the {groups} group{'s' if groups != 1 else ''} ({n} rows) "
+                f"evaluated ({where}) was in any predictor's training fit"
             )
         level = logging.INFO if status in ("out-of-sample", "no-predictors") else logging.WARNING
         self.note(text, level)
@@ -440,8 +456,8 @@ class Evaluator:
         c = open_container(container)
         model = self.pick_model(c)
         bundles = self.load_predictors(predictors, c)
-        val_fraction, seed = self.split_of(c, bundles)
-        view = self.rows(c, str(split), val_fraction, seed)
+        how = self.split_of(c, bundles)
+        view = self.rows(c, str(split), how)
         protocol = self.check_leak(bundles, view, str(split))
         random_weights = c.random_weights or any(
             p.config.get("random_weights", False) for p in bundles.values()
@@ -461,8 +477,8 @@ class Evaluator:
             "datasets": c.meta.get("datasets"),
             "sam_versions": c.meta.get("sam_versions"),
             "split": str(split),
-            "val_fraction": val_fraction if split != "all" else None,
-            "seed": seed if split != "all" else None,
+            "val_fraction": how["val_fraction"] if split != "all" else None,
+            "seed": how["seed"] if split != "all" else None,
             "augmented": self.augmented,
             "protocol": protocol,
             "model": model,
