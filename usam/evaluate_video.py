@@ -38,7 +38,14 @@ from usam.predictor import load_predictors
 from usam.prompts import instance_rng, prompt_points
 from usam.storage import write_json
 from usam.track_metrics import frame_iou, score_report
-from usam.video import VIDEO_SUFFIXES, VideoFrames, VideoUSAM, from_sam_model_cfg, jpeg_frames
+from usam.video import (
+    VIDEO_SUFFIXES,
+    ObjectScores,
+    VideoFrames,
+    VideoUSAM,
+    from_sam_model_cfg,
+    jpeg_frames,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +113,102 @@ def predictor_sets(predictors: Any, targets: list[str] | None) -> dict[str, Pred
     return load_predictors(predictors, targets=targets)
 
 
+@dataclass
+class ScoredFrame:
+    """One tracked (frame, object) with its ground truth."""
+
+    video: str
+    frame: int
+    object: int
+    gt_area: int
+    pred_area: int
+    iou: float
+    scores: ObjectScores
+
+
+def load_ground_truth(reader: DatasetReader, track: VideoTrack):
+    """Packed GT masks per annotated frame and object, and each object's first (frame, mask)."""
+    gt: dict[int, dict[int, np.ndarray]] = {}  # frame -> object -> packed GT mask
+    first: dict[int, tuple[int, np.ndarray]] = {}
+    size = None
+    for pos, entry in track.annotated:
+        sample = reader.try_load(entry)
+        if sample is None:
+            continue
+        size = sample.image.shape[:2]
+        gt[pos] = {}
+        for oid, m in sample.masks.items():
+            if m.any():
+                gt[pos][oid] = np.packbits(m, axis=-1)
+                first.setdefault(oid, (pos, m))
+    if not first:
+        raise SampleError(track.source, "no annotated object in this video")
+    return gt, first, size
+
+
+def track_objects(
+    vusam: VideoUSAM,
+    reader: DatasetReader,
+    track: VideoTrack,
+    *,
+    init: str = "point",
+    seed: int = 0,
+    **offload,
+) -> tuple[list[ScoredFrame], dict[int, dict[str, Any]], tuple[int, int]]:
+    """Prompt every object on its first annotated frame, propagate forward, score the
+    annotated frames after each object's first. Also returns each object's start:
+    {"frame": its first annotated frame, "points": the centre prompt (None with init=mask)},
+    and the video's (height, width)."""
+    if init not in ("point", "mask"):
+        raise UsamError(f"init={init!r}: use point (SPEC centre prompt) or mask (the GT mask)")
+    gt, first, size = load_ground_truth(reader, track)
+    frames = VideoFrames(track.source, vusam.image_size)
+    if size != (frames.height, frames.width):
+        raise SampleError(
+            track.source,
+            f"frames are {frames.width}x{frames.height}, annotations {size[1]}x{size[0]}",
+        )
+    state = vusam.init_state(frames, **offload)
+    starts: dict[int, dict[str, Any]] = {}
+    for oid in sorted(first):
+        pos, mask = first[oid]
+        starts[oid] = {"frame": pos, "points": None}
+        if init == "mask":
+            vusam.add_new_mask(state, pos, oid, mask)
+        else:
+            centre = prompt_points(mask, instance_rng(seed, track.name, oid), 0)
+            starts[oid]["points"] = centre.tolist()
+            vusam.add_new_points_or_box(state, pos, oid, points=centre, labels=[1])
+    out = []
+    w = frames.width
+    for res in vusam.propagate_in_video(state):
+        if res.frame_idx not in gt:
+            continue
+        for k, (oid, obj) in enumerate(zip(res.obj_ids, res.objects, strict=True)):
+            if res.frame_idx <= first[oid][0] or obj is None or obj.prompt is not None:
+                continue  # before the object's start, or a prompted frame
+            packed = gt[res.frame_idx].get(oid)
+            truth = (
+                np.zeros_like(res.masks[k])
+                if packed is None
+                else np.unpackbits(packed, axis=-1, count=w).astype(bool)
+            )
+            pred = res.masks[k]
+            out.append(
+                ScoredFrame(
+                    track.name,
+                    res.frame_idx,
+                    oid,
+                    int(truth.sum()),
+                    int(pred.sum()),
+                    frame_iou(pred, truth),
+                    obj,
+                )
+            )
+    vusam.reset_state(state)
+    return out, starts, size
+
+
 class VideoEvaluator:
     """Tracks each video's objects and collects one row per (annotated frame, object)."""
 
@@ -115,63 +218,15 @@ class VideoEvaluator:
         self.vusam, self.init, self.seed, self.offload = vusam, init, seed, offload
 
     def evaluate(self, reader: DatasetReader, track: VideoTrack) -> list[dict[str, Any]]:
-        gt: dict[int, dict[int, np.ndarray]] = {}  # frame -> object -> packed GT mask
-        first: dict[int, tuple[int, np.ndarray]] = {}  # object -> (frame, GT mask)
-        size = None
-        for pos, entry in track.annotated:
-            sample = reader.try_load(entry)
-            if sample is None:
-                continue
-            size = sample.image.shape[:2]
-            gt[pos] = {}
-            for oid, m in sample.masks.items():
-                if m.any():
-                    gt[pos][oid] = np.packbits(m, axis=-1)
-                    first.setdefault(oid, (pos, m))
-        if not first:
-            raise SampleError(track.source, "no annotated object in this video")
-        frames = VideoFrames(track.source, self.vusam.image_size)
-        if size != (frames.height, frames.width):
-            raise SampleError(
-                track.source,
-                f"frames are {frames.width}x{frames.height}, annotations {size[1]}x{size[0]}",
-            )
-        vusam = self.vusam
-        state = vusam.init_state(frames, **self.offload)
-        objects = sorted(first)
-        for oid in objects:
-            pos, mask = first[oid]
-            if self.init == "mask":
-                vusam.add_new_mask(state, pos, oid, mask)
-            else:
-                centre = prompt_points(mask, instance_rng(self.seed, track.name, oid), 0)
-                vusam.add_new_points_or_box(state, pos, oid, points=centre, labels=[1])
+        scored, _, _ = track_objects(
+            self.vusam, reader, track, init=self.init, seed=self.seed, **self.offload
+        )
         rows = []
-        w = frames.width
-        for res in vusam.propagate_in_video(state):
-            if res.frame_idx not in gt:
-                continue
-            for k, (oid, obj) in enumerate(zip(res.obj_ids, res.objects, strict=True)):
-                if res.frame_idx <= first[oid][0] or obj is None or obj.prompt is not None:
-                    continue  # before the object's start, or a prompted frame
-                packed = gt[res.frame_idx].get(oid)
-                truth = (
-                    np.zeros_like(res.masks[k])
-                    if packed is None
-                    else np.unpackbits(packed, axis=-1, count=w).astype(bool)
-                )
-                row = {
-                    "video": track.name,
-                    "frame": res.frame_idx,
-                    "object": oid,
-                    "gt_area": int(truth.sum()),
-                    "pred_area": int(res.masks[k].sum()),
-                    "iou": frame_iou(res.masks[k], truth),
-                }
-                row.update({s: getattr(obj, s) for s in SAM_SCORES})
-                row.update(obj.estimates)
-                rows.append(row)
-        vusam.reset_state(state)
+        for s in scored:
+            row = {k: getattr(s, k) for k in KEYS}
+            row.update({k: getattr(s.scores, k) for k in SAM_SCORES})
+            row.update(s.scores.estimates)
+            rows.append(row)
         return rows
 
 

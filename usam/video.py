@@ -245,9 +245,17 @@ class ObjectScores:
     estimates: dict[str, float] = field(default_factory=dict)  # target -> value (own units)
     iou_token: np.ndarray | None = None  # float32 [256], with keep_tokens=True
     mask_token: np.ndarray | None = None  # float32 [256], the kept mask's token
+    # float32 [3, 256], decoder tokens 1, 2, 3 (the three masks' tokens), with keep_tokens=True
+    mask_tokens: np.ndarray | None = None
+
+    @property
+    def kept(self) -> int:
+        """Index 0..2 of the kept mask among the three (-1 for a single-mask token 0)."""
+        return self.token - 1
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("iou_token", "mask_token")}
+        tokens = ("iou_token", "mask_token", "mask_tokens")
+        d = {k: v for k, v in self.__dict__.items() if k not in tokens}
         d["estimates"] = dict(self.estimates)
         return d
 
@@ -430,6 +438,7 @@ class VideoUSAM:
         values = torch.cat([packed, est.float()]).cpu().numpy()  # one device sync per call
         if self.keep_tokens:
             iou_np, mask_np = iou_token.cpu().numpy(), mask_token.cpu().numpy()
+            three_np = tokens[:, 1:].cpu().numpy()
         for k, obj in enumerate(objs):
             pred, score, logit, ent, htask, tok = (float(v) for v in values[:6, k])
             if prompt == "mask":  # the kept mask is the user's, not a decoded one
@@ -450,6 +459,7 @@ class VideoUSAM:
                 },
                 iou_token=iou_np[k] if self.keep_tokens else None,
                 mask_token=mask_np[k] if self.keep_tokens else None,
+                mask_tokens=three_np[k] if self.keep_tokens else None,
             )
 
     # -- SAM 2's video API ---------------------------------------------------------------------
