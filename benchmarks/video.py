@@ -144,6 +144,8 @@ def main() -> None:
         t0 = time.perf_counter()
         for _ in range(50):
             record(frame, objs, call, prompt)
+            rows = torch.stack([vusam._pending.pop(k) for k in list(vusam._pending)])
+            vusam.heads(rows).cpu()
         record_s = (time.perf_counter() - t0) / 50
         vusam.remove_hooks()
         times: dict[str, list[float]] = {"sam2": [], "usam": []}

@@ -51,10 +51,12 @@ def test_tracked_frames_become_records_that_container_and_trainer_consume(
     assert not np.allclose(tensors["tiny/original/iou_token"], tensors["small/original/iou_token"])
     first = json.loads((out / "JPEGImages/480p/dance/00000.json").read_text())
     assert first["instances"] == []  # the prompted frame: nothing tracked yet
+    assert first["fields"]["small"]["original"]["iou"] == []
 
     container_dir = tmp_path / "container"
     c_cfg = compose_cfg("container", ["dataset=davis", f"roots=[{out}]", f"out={container_dir}"])
-    container_stage.run(c_cfg)
+    c_summary = container_stage.run(c_cfg)
+    assert c_summary["skipped"] == 0  # frames without a tracked object are zero rows
     c = Container.open(container_dir)
     assert len(c) == 20  # 10 (frame, object) pairs x 2 sizes
     iou_tiny = np.asarray(c.column("iou_tiny"))

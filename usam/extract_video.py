@@ -164,6 +164,9 @@ class VideoExtractor:
             "fields": {},
         }
         if not ids:
+            # empty per-model blocks: the container reads the frame as zero rows, not as broken
+            empty = {f: [] for f in (*FIELDS, "best")}
+            record["fields"] = {s: {VARIANT: dict(empty)} for s in sizes}
             return record, {}
         tensors = {}
         for s in sizes:

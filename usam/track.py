@@ -231,6 +231,9 @@ def plot_scores(
     for f in sorted(flagged):
         ax.axvspan(f - 0.5, f + 0.5, color="red", alpha=0.15, lw=0)
     ax.axhline(threshold, color="red", lw=1, ls="-.", label=f"threshold {threshold:g}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("frame")
     ax.set_ylabel("score")
     ax.set_ylim(-0.02, 1.02)

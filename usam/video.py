@@ -322,6 +322,7 @@ class VideoUSAM:
         self.heads = StackedPredictors(self.predictors)
         self._call: dict[str, Any] | None = None  # decoder outputs inside one frame inference
         self._records: dict[tuple[int, int], ObjectScores] = {}  # (frame, obj_idx) -> scores
+        self._pending: dict[tuple[int, int], torch.Tensor] = {}  # estimator inputs not yet run
         self._hooks = self._install_hooks()
         self._wrap_frame_inference()
 
@@ -418,7 +419,6 @@ class VideoUSAM:
             token = torch.where(match[:, 0], 0, match.float().argmax(-1))
             kept = torch.zeros(b, dtype=torch.long, device=ious.device)
         rows = torch.arange(b, device=ious.device)
-        kept_logits = masks[rows, kept]
         probs = torch.sigmoid(masks)
         h = entropy(probs[rows, kept])
         h_task = (
@@ -426,19 +426,17 @@ class VideoUSAM:
             if m == 3
             else torch.full_like(h, float("nan"))
         )
-        del kept_logits
         iou_token = call["iou"].float()
         mask_token = tokens[rows, token]
-        x = torch.cat([iou_token, mask_token], -1)
-        est = self.heads(x) if self.heads.targets else x.new_zeros(0, b)  # [K, B]
         logits = call["object_logits"].float().reshape(b, -1)[:, 0]
         packed = torch.stack(
             [ious[rows, kept], torch.sigmoid(logits), logits, h, h_task, token.float()]
         )
-        values = torch.cat([packed, est.float()]).cpu().numpy()  # one device sync per call
+        values = packed.cpu().numpy()  # one device sync per call
         if self.keep_tokens:
             iou_np, mask_np = iou_token.cpu().numpy(), mask_token.cpu().numpy()
             three_np = tokens[:, 1:].cpu().numpy()
+        x = torch.cat([iou_token, mask_token], -1)  # the estimators' input rows
         for k, obj in enumerate(objs):
             pred, score, logit, ent, htask, tok = (float(v) for v in values[:6, k])
             if prompt == "mask":  # the kept mask is the user's, not a decoded one
@@ -453,14 +451,14 @@ class VideoUSAM:
                 token=int(tok),
                 multimask=m == 3,
                 prompt=prompt,
-                estimates={
-                    t: (math.nan if prompt == "mask" else float(values[6 + j, k]))
-                    for j, t in enumerate(self.heads.targets)
-                },
+                # filled when the frame is handed out: one estimator pass for all its objects
+                estimates={t: math.nan for t in self.heads.targets} if prompt == "mask" else {},
                 iou_token=iou_np[k] if self.keep_tokens else None,
                 mask_token=mask_np[k] if self.keep_tokens else None,
                 mask_tokens=three_np[k] if self.keep_tokens else None,
             )
+            if prompt != "mask" and self.heads.targets:
+                self._pending[(frame, obj)] = x[k]
 
     # -- SAM 2's video API ---------------------------------------------------------------------
     def _autocast(self):
@@ -502,10 +500,19 @@ class VideoUSAM:
             svp.load_video_frames = original
         state["usam_frames"] = frames
         self._records.clear()
+        self._pending.clear()
         return state
 
     def _frame(self, state: dict, frame_idx: int, obj_ids: list, video_res_masks) -> FrameResult:
         masks = (video_res_masks > 0.0).squeeze(1).cpu().numpy()
+        # every object's estimates of this frame in one pass: the MLP weights are read once
+        waiting = [(f, o) for (f, o) in self._pending if f == frame_idx]
+        if waiting:
+            x = torch.stack([self._pending.pop(key) for key in waiting])
+            values = self.heads(x).float().cpu().numpy()  # [K, n]
+            for n, key in enumerate(waiting):
+                rec = self._records[key]
+                rec.estimates = {t: float(values[j, n]) for j, t in enumerate(self.heads.targets)}
         objects: list[ObjectScores | None] = []
         for obj_idx, obj_id in enumerate(obj_ids):
             rec = self._records.get((frame_idx, obj_idx))
@@ -591,6 +598,7 @@ class VideoUSAM:
     def reset_state(self, state: dict) -> None:
         self.model.reset_state(state)
         self._records.clear()
+        self._pending.clear()
 
     def __repr__(self) -> str:
         tag = ", RANDOM weights" if self.random_weights else ""
