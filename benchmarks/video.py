@@ -140,12 +140,13 @@ def main() -> None:
         vusam._record = lambda *a: (calls.append(a), record(*a))
         propagate(vusam, data["video"], data["prompts"])
         vusam._record = record
-        frame, objs, call, prompt = calls[-1]
+        last = [c for c in calls if c[0] == calls[-1][0]]  # every object's call of one frame
         t0 = time.perf_counter()
         for _ in range(50):
-            record(frame, objs, call, prompt)
-            rows = torch.stack([vusam._pending.pop(k) for k in list(vusam._pending)])
-            vusam.heads(rows).cpu()
+            for c in last:
+                record(*c)
+            parts = [vusam._pending.pop(k) for k in list(vusam._pending)]
+            vusam.estimate(*(torch.stack(x) for x in zip(*parts, strict=True)))
         record_s = (time.perf_counter() - t0) / 50
         vusam.remove_hooks()
         times: dict[str, list[float]] = {"sam2": [], "usam": []}
@@ -184,7 +185,7 @@ def main() -> None:
     print(f"  sam2 propagation               {sam2 / n * 1000:9.1f} ms/frame")
     print(f"  usam propagation + estimates   {usam / n * 1000:9.1f} ms/frame")
     print(f"  overhead                       {100 * (usam / sam2 - 1):+9.2f} %")
-    per_frame = record_s * args.objects
+    per_frame = record_s
     print(
         f"  usam's work alone              {per_frame * 1000:9.2f} ms/frame "
         f"= {100 * per_frame / (sam2 / n):.2f} % of sam2's propagation"

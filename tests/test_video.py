@@ -37,10 +37,11 @@ def model():
     torch.set_num_threads(before)
 
 
-def predictor(target: str, seed: int, shift: float = 0.0) -> Predictor:
+def predictor(target: str, seed: int, shift: float = 0.0, **extra) -> Predictor:
     torch.manual_seed(seed)
     mlp = UsamMLP().eval()
     config = {
+        **extra,
         "target": target,
         "output_shift": shift,
         "sam_version": "sam2.1",
@@ -168,6 +169,38 @@ def test_estimates_are_each_predictor_on_that_frame_and_objects_tokens(tracked):
             assert -0.5 <= o.estimates["task_gap"] <= 0.5
             seen.add(round(o.estimates["iou_tiny"], 6))
     assert len(seen) > 2  # values differ per frame and object
+
+
+def test_each_bundle_reads_the_token_its_pairing_names(model):
+    """usam bundles read the token that made the mask, published ones one token early
+    (token 0 for token 0's own mask)."""
+    usam_p = predictor("iou_tiny", 3)
+    published = predictor("task_gap", 4, 0.5, token_pairing="published")
+    vusam = VideoUSAM(
+        model,
+        size="tiny",
+        version="sam2.1",
+        predictors={"iou_tiny": usam_p, "task_gap": published},
+        random_weights=True,
+    )
+    try:
+        g = torch.Generator().manual_seed(0)
+        iou = torch.randn(3, 256, generator=g)
+        tokens = torch.randn(3, 4, 256, generator=g)
+        source = torch.tensor([3, 1, 0])
+        out = vusam.estimate(iou, tokens, source)
+        assert list(out) == ["iou_tiny", "task_gap"]
+        for i, (u, p) in enumerate([(3, 2), (1, 0), (0, 0)]):
+            x_u = torch.cat([iou[i], tokens[i, u]])[None]
+            x_p = torch.cat([iou[i], tokens[i, p]])[None]
+            assert out["iou_tiny"][i] == pytest.approx(float(usam_p(x_u)[0]), abs=1e-5)
+            assert out["task_gap"][i] == pytest.approx(float(published(x_p)[0]), abs=1e-5)
+            assert out["task_gap"][i] != pytest.approx(float(published(x_u)[0]), abs=1e-5) or u == p
+    finally:
+        vusam.remove_hooks()
+    bad = predictor("iou_tiny", 3, token_pairing="sideways")
+    with pytest.raises(UsamError, match="token_pairing 'sideways'"):
+        VideoUSAM(model, size="tiny", version="sam2.1", predictors={"iou_tiny": bad})
 
 
 def test_tracked_records_are_dropped_once_yielded_and_prompted_ones_kept(tracked):

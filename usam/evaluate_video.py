@@ -352,7 +352,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 log.warning("skipping video %s: %s", track.name, err)
                 failed.append({"file": err.path, "reason": err.reason})
         failed = reader.stats.unreadable + failed
-        score_names = [*SAM_SCORES, *vusam.heads.targets]
+        score_names = [*SAM_SCORES, *vusam.targets]
         random_bundles = sorted(
             t for t, p in vusam.predictors.items() if p.config.get("random_weights")
         )

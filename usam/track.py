@@ -310,7 +310,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 row.update(obj.estimates)
                 row["prompt"] = obj.prompt or ""
             rows.append(row)
-    columns = [*SCORES, *vusam.heads.targets]
+    columns = [*SCORES, *vusam.targets]
     check = pick_check_score(columns, vusam.size, cfg.check_score)
     for r in rows:
         v = r.get(check, math.nan)
@@ -355,7 +355,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "size": vusam.size,
         "random_weights": vusam.random_weights,
         "random_predictors": random_bundles,
-        "targets": list(vusam.heads.targets),
+        "targets": list(vusam.targets),
         "check_score": check,
         "threshold": cfg.threshold,
         "frames_to_check": sorted(flagged),

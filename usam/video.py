@@ -49,6 +49,8 @@ from usam.sam import load_checkpoint, model_config, resolve_device
 
 log = logging.getLogger(__name__)
 
+PAIRINGS = ("usam", "published")  # bundle config `token_pairing`; absent = "usam"
+
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 FRAME_SUFFIXES = {".jpg", ".jpeg"}
 # SAM 2's input normalisation (sam2.utils.misc.load_video_frames defaults)
@@ -313,16 +315,27 @@ class VideoUSAM:
         self.device = model.device
         self.image_size = int(model.image_size)
         self.predictors = {t: p.to(self.device).eval() for t, p in (predictors or {}).items()}
-        if check:
-            check_compatible(
-                self, self.predictors
-            )  # needs .version, .size, .model, .random_weights
+        if check:  # reads .version, .size, .model and .random_weights of this object
+            check_compatible(self, self.predictors)
         elif self.random_weights:
             log.warning("SAM 2 has RANDOM weights: masks, scores and estimates mean nothing")
-        self.heads = StackedPredictors(self.predictors)
+        self.targets = list(self.predictors)
+        # one stacked pass per token pairing (bundle config `token_pairing`): "usam" reads the
+        # token that made the mask, "published" one token early (SPEC "The published estimators")
+        groups: dict[str, dict[str, Predictor]] = {}
+        for t, p in self.predictors.items():
+            pairing = p.config.get("token_pairing") or "usam"
+            if pairing not in PAIRINGS:
+                raise UsamError(
+                    f"predictor {t!r}: token_pairing {pairing!r} is unknown; use one of "
+                    f"{', '.join(PAIRINGS)}"
+                )
+            groups.setdefault(pairing, {})[t] = p
+        self.heads = {pairing: StackedPredictors(g) for pairing, g in groups.items()}
         self._call: dict[str, Any] | None = None  # decoder outputs inside one frame inference
         self._records: dict[tuple[int, int], ObjectScores] = {}  # (frame, obj_idx) -> scores
-        self._pending: dict[tuple[int, int], torch.Tensor] = {}  # estimator inputs not yet run
+        # (frame, obj_idx) -> (IoU token, four mask tokens, kept token): estimates not yet run
+        self._pending: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
         self._hooks = self._install_hooks()
         self._wrap_frame_inference()
 
@@ -436,7 +449,6 @@ class VideoUSAM:
         if self.keep_tokens:
             iou_np, mask_np = iou_token.cpu().numpy(), mask_token.cpu().numpy()
             three_np = tokens[:, 1:].cpu().numpy()
-        x = torch.cat([iou_token, mask_token], -1)  # the estimators' input rows
         for k, obj in enumerate(objs):
             pred, score, logit, ent, htask, tok = (float(v) for v in values[:6, k])
             if prompt == "mask":  # the kept mask is the user's, not a decoded one
@@ -452,13 +464,26 @@ class VideoUSAM:
                 multimask=m == 3,
                 prompt=prompt,
                 # filled when the frame is handed out: one estimator pass for all its objects
-                estimates={t: math.nan for t in self.heads.targets} if prompt == "mask" else {},
+                estimates={t: math.nan for t in self.targets} if prompt == "mask" else {},
                 iou_token=iou_np[k] if self.keep_tokens else None,
                 mask_token=mask_np[k] if self.keep_tokens else None,
                 mask_tokens=three_np[k] if self.keep_tokens else None,
             )
-            if prompt != "mask" and self.heads.targets:
-                self._pending[(frame, obj)] = x[k]
+            if prompt != "mask" and self.targets:
+                self._pending[(frame, obj)] = (iou_token[k], tokens[k], token[k])
+
+    def estimate(
+        self, iou_token: torch.Tensor, tokens: torch.Tensor, source: torch.Tensor
+    ) -> dict[str, np.ndarray]:
+        """Every estimator on n rows: IoU tokens [n, C], the four mask tokens [n, 4, C] and the
+        token that made each kept mask [n]; -> target -> float [n], in `targets` order."""
+        rows = torch.arange(len(source), device=source.device)
+        out = {}
+        for pairing, heads in self.heads.items():
+            read = source if pairing == "usam" else (source - 1).clamp(min=0)
+            x = torch.cat([iou_token, tokens[rows, read]], -1)
+            out.update(zip(heads.targets, heads(x).float().cpu().numpy(), strict=True))
+        return {t: out[t] for t in self.targets}
 
     # -- SAM 2's video API ---------------------------------------------------------------------
     def _autocast(self):
@@ -508,11 +533,10 @@ class VideoUSAM:
         # every object's estimates of this frame in one pass: the MLP weights are read once
         waiting = [(f, o) for (f, o) in self._pending if f == frame_idx]
         if waiting:
-            x = torch.stack([self._pending.pop(key) for key in waiting])
-            values = self.heads(x).float().cpu().numpy()  # [K, n]
+            parts = [self._pending.pop(key) for key in waiting]
+            values = self.estimate(*(torch.stack(x) for x in zip(*parts, strict=True)))
             for n, key in enumerate(waiting):
-                rec = self._records[key]
-                rec.estimates = {t: float(values[j, n]) for j, t in enumerate(self.heads.targets)}
+                self._records[key].estimates = {t: float(v[n]) for t, v in values.items()}
         objects: list[ObjectScores | None] = []
         for obj_idx, obj_id in enumerate(obj_ids):
             rec = self._records.get((frame_idx, obj_idx))
