@@ -93,7 +93,14 @@ def main() -> None:
     p.add_argument("--objects", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's own)"
+    )
     args = p.parse_args()
+    if args.threads:
+        # on a shared machine, OpenMP threads spinning against other jobs make small ops
+        # (usam's per-frame work) about 20x slower; one thread measures the work itself
+        torch.set_num_threads(args.threads)
     configs = {
         "tiny": "t",
         "small": "s",
@@ -180,7 +187,8 @@ def main() -> None:
     sam2, usam = statistics.median(times["sam2"]), statistics.median(times["usam"])
     print(
         f"SAM 2.1 {args.size}, {args.image_size} px, {model.device}, {n} frames x "
-        f"{args.objects} objects, {len(predictors)} estimators, median of {args.repeats}"
+        f"{args.objects} objects, {len(predictors)} estimators, median of {args.repeats}, "
+        f"{torch.get_num_threads()} threads"
     )
     print(f"  sam2 propagation               {sam2 / n * 1000:9.1f} ms/frame")
     print(f"  usam propagation + estimates   {usam / n * 1000:9.1f} ms/frame")
