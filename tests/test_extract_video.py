@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from tests.test_evaluate_video import davis_tree
+from tests.video_trees import tracking_davis as davis_tree
 from usam import container as container_stage
 from usam import train as train_stage
 from usam.containers import Container
