@@ -17,7 +17,13 @@ import torch
 from usam.datasets.sample import SAMPLE_ROOT
 from usam.errors import UsamError
 from usam.mlp import Predictor, UsamMLP
-from usam.video import VideoFrames, VideoUSAM, build_video_model
+from usam.video import (
+    VideoFileReader,
+    VideoFrames,
+    VideoUSAM,
+    build_video_model,
+    iter_video_file,
+)
 
 VIDEO = SAMPLE_ROOT / "JPEGImages" / "480p" / "shapes-a"
 
@@ -236,14 +242,21 @@ def test_an_mp4_is_decoded_with_opencv_and_tracked(model, tmp_path):
     assert (len(frames), frames.height, frames.width) == (4, 240, 320)
     # lossy codec: close to the JPEG frame, not equal
     assert np.abs(frames.rgb(1).astype(int) - jpeg.rgb(1).astype(int)).mean() < 12
+    # decoded when asked, in any order (backward tracking jumps back), equal to one pass
+    in_order = list(iter_video_file(mp4))
+    reader = VideoFileReader(mp4, cache=1)
+    for i in (3, 0, 2, 1, 3, 2):
+        assert np.array_equal(reader(i), in_order[i])
+    assert len(reader._frames) == 1
     vusam = VideoUSAM(model, size="tiny", version="sam2.1", random_weights=True)
     try:
         state = vusam.init_state(mp4)
         vusam.add_new_points_or_box(state, 2, 1, points=[[60, 50]], labels=[1])
         out = list(vusam.propagate_in_video(state, start_frame_idx=2, max_frame_num_to_track=1))
+        back = list(vusam.propagate_in_video(state, reverse=True, max_frame_num_to_track=1))
     finally:
         vusam.remove_hooks()
-    assert [f.frame_idx for f in out] == [2, 3]
+    assert [f.frame_idx for f in out] == [2, 3] and [f.frame_idx for f in back] == [2, 1]
     assert out[1].masks.shape == (1, 240, 320) and out[1].objects[0].token in (1, 2, 3)
 
 

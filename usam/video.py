@@ -21,9 +21,8 @@ decoder token argmax+1 (SPEC "Token pairing"). A single-mask decoding (a box or 
 points on a prompted frame) returns token 0's mask, or with sam2's stability fallback one of
 tokens 1..3: the token is the one whose predicted IoU the decoder returned.
 
-Memory: frames are handed to SAM 2 as a lazy sequence (JPEGs read when SAM 2 asks for
-them; a video file decoded once into uint8 frames at the model's input size, a quarter of
-SAM 2's own float32 copy); SAM 2's `offload_video_to_cpu` / `offload_state_to_cpu` pass
+Memory: frames are handed to SAM 2 as a lazy sequence (JPEGs and video-file frames are read
+when SAM 2 asks for them; SAM 2's own loader keeps every frame as float32); SAM 2's `offload_video_to_cpu` / `offload_state_to_cpu` pass
 through. usam keeps per (frame, object) only scalars (and two 256-float tokens when asked),
 and drops a tracked frame's record once it was yielded.
 """
@@ -33,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,14 +83,15 @@ def _normalise(rgb_small: np.ndarray) -> torch.Tensor:
 class VideoFrames(Sequence):
     """A video's frames as SAM 2 wants them: `frames[i]` -> float32 [3, S, S], normalised.
 
-    `rgb(i)` gives frame i at its original size (H x W x 3 uint8) for overlays. JPEG folders
-    are read frame by frame when asked; a video file is decoded once (uint8 at S x S).
+    `rgb(i)` gives frame i at its original size (H x W x 3 uint8) for overlays. Frames are
+    read when asked, JPEGs by file, a video file through `VideoFileReader`: memory does not
+    grow with the video's length.
     """
 
     def __init__(self, path: str | Path, image_size: int):
         self.path = Path(path)
         self.image_size = int(image_size)
-        self._small: np.ndarray | None = None
+        self._video: VideoFileReader | None = None
         if self.path.is_dir():
             self.files = jpeg_frames(self.path)
             first = self._read_jpeg(0)
@@ -98,14 +99,9 @@ class VideoFrames(Sequence):
             self.names = [f.stem for f in self.files]
         elif self.path.is_file() and self.path.suffix.lower() in VIDEO_SUFFIXES:
             self.files = []
-            small = []
-            for rgb in iter_video_file(self.path):
-                self.height, self.width = rgb.shape[:2]
-                small.append(_resize(rgb, self.image_size))
-            if not small:
-                raise UsamError(f"{self.path}: OpenCV decoded no frame from this video")
-            self._small = np.stack(small)
-            self.names = [f"{i:05d}" for i in range(len(small))]
+            self._video = VideoFileReader(self.path)
+            self.height, self.width = self._video.height, self._video.width
+            self.names = [f"{i:05d}" for i in range(len(self._video))]
         else:
             raise UsamError(
                 f"video {self.path} not found or not a video: give a folder of JPEG frames "
@@ -117,8 +113,8 @@ class VideoFrames(Sequence):
         return len(self.names)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        if self._small is not None:
-            return _normalise(self._small[i])
+        if self._video is not None:
+            return _normalise(_resize(self._video(i), self.image_size))
         return _normalise(_resize(self._read_jpeg(i), self.image_size))
 
     def _read_jpeg(self, i: int) -> np.ndarray:
@@ -133,13 +129,10 @@ class VideoFrames(Sequence):
         return rgb
 
     def rgb(self, i: int) -> np.ndarray:
-        """Frame i at the original size (a video file is decoded again up to frame i)."""
-        if self.files:
-            return np.array(self._read_jpeg(i))
-        for k, rgb in enumerate(iter_video_file(self.path)):
-            if k == i:
-                return rgb
-        raise UsamError(f"{self.path}: frame {i} could not be decoded")
+        """Frame i at the original size."""
+        if self._video is not None:
+            return self._video(i).copy()
+        return np.array(self._read_jpeg(i))
 
     def iter_rgb(self) -> Iterator[np.ndarray]:
         """Every frame in order at the original size (one decoding pass for a video file)."""
@@ -148,6 +141,78 @@ class VideoFrames(Sequence):
                 yield np.array(self._read_jpeg(i))
         else:
             yield from iter_video_file(self.path)
+
+
+class VideoFileReader:
+    """Frame i of a video file, decoded with OpenCV when asked.
+
+    SAM 2 asks for frames in order (forward or backward, each a few times): reads are
+    sequential, a jump seeks (checked, else re-read from the start), and the last `cache`
+    frames are kept. One pass at open counts the frames (containers' own counts can be off).
+    """
+
+    def __init__(self, path: Path, cache: int = 8):
+        import cv2
+
+        self.path, self.cache = Path(path), int(cache)
+        cap = self._open()
+        ok, bgr = cap.read()
+        if not ok:
+            cap.release()
+            raise UsamError(f"{self.path}: OpenCV decoded no frame from this video")
+        self.height, self.width = bgr.shape[:2]
+        n = 1
+        while cap.grab():
+            n += 1
+        cap.release()
+        self.length = n
+        self._cap: Any = None
+        self._next = 0  # the frame the open capture reads next
+        self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cv2 = cv2
+
+    def _open(self):
+        import cv2
+
+        cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            raise UsamError(
+                f"{self.path}: OpenCV cannot open this video (unknown codec or not a video)"
+            )
+        return cap
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __call__(self, i: int) -> np.ndarray:
+        """RGB uint8 frame i (the returned array is shared with the cache: do not modify)."""
+        if not 0 <= i < self.length:
+            raise IndexError(f"frame {i} of a {self.length}-frame video")
+        if i in self._frames:
+            self._frames.move_to_end(i)
+            return self._frames[i]
+        cv2 = self._cv2
+        if self._cap is None:
+            self._cap, self._next = self._open(), 0
+        if i < self._next or i > self._next + 32:  # a jump: seek, or re-read if seeking lies
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+            if int(self._cap.get(cv2.CAP_PROP_POS_FRAMES)) == i:
+                self._next = i
+            else:
+                self._cap.release()
+                self._cap, self._next = self._open(), 0
+        while self._next < i:
+            self._cap.grab()
+            self._next += 1
+        ok, bgr = self._cap.read()
+        if not ok:
+            raise UsamError(f"{self.path}: frame {i} could not be decoded")
+        self._next = i + 1
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        self._frames[i] = rgb
+        while len(self._frames) > self.cache:
+            self._frames.popitem(last=False)
+        return rgb
 
 
 def jpeg_frames(folder: Path) -> list[Path]:
