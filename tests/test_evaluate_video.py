@@ -180,3 +180,49 @@ def test_bad_options_are_one_line_errors(compose_cfg, tmp_path):
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(UsamError, match="not a usam.evaluate_video"):
         run(compose_cfg("evaluate_video", [f"frames=[{bad}]"]))
+
+
+def test_sav_val_frames_are_numbered_at_24_fps_and_a_vanished_object_is_scored(
+    compose_cfg, tmp_path, one_thread
+):
+    """SA-V val: annotations every 4th of the 24 fps JPEG frames; object 7 is empty at 4."""
+    from tests.test_sav import make_val
+
+    root = make_val(tmp_path / "SAV")
+    cfg = compose_cfg("evaluate_video", ["dataset=sav", f"dataset.root={root}", "sam_model=random"])
+    summary = run(cfg)
+    with open(tmp_path / "run" / "frames.csv") as f:
+        rows = list(csv.DictReader(f))
+    # v2 has one annotated frame only: nothing to score after it
+    assert [(r["video"], r["frame"], r["object"]) for r in rows] == [
+        ("v1", "4", "1"),
+        ("v1", "4", "7"),
+        ("v1", "8", "1"),
+        ("v1", "8", "7"),
+    ]
+    lost = rows[1]
+    assert int(lost["gt_area"]) == 0
+    assert float(lost["iou"]) == (1.0 if int(lost["pred_area"]) == 0 else 0.0)
+    assert summary["frames"] == 4
+
+
+def test_sav_train_videos_are_tracked_in_their_mp4(compose_cfg, tmp_path, one_thread):
+    """SA-V train: frames from the mp4, annotated every 4th frame (vid_c: frames 0, 4, 8)."""
+    from tests.test_sav import make_train
+
+    root = make_train(tmp_path / "SAV")
+    cfg = compose_cfg(
+        "evaluate_video",
+        [
+            "dataset=sav",
+            f"dataset.root={root}",
+            "dataset.split=train",
+            "sam_model=random",
+            "shard.index=2",
+            "shard.count=3",
+        ],
+    )
+    run(cfg)
+    with open(tmp_path / "run" / "frames.csv") as f:
+        got = [(r["video"], r["frame"], r["object"]) for r in csv.DictReader(f)]
+    assert got == [("vid_c", "4", "1"), ("vid_c", "8", "1")]
