@@ -97,3 +97,33 @@ def make_mose(root: Path, split: str, videos: dict[str, dict]) -> dict:
             expected[f"{split}/JPEGImages/{video}/{f:05d}.jpg"] = lab
     (root / f"meta_{split}.json").write_text(json.dumps(meta))
     return expected
+
+
+# -- tracking: objects that enter late and vanish -----------------------------------------------
+def rect(h: int, w: int, boxes: dict[int, tuple[int, int, int, int]]) -> np.ndarray:
+    """A label map with one box (y0, y1, x0, x1) per object id."""
+    lab = np.zeros((h, w), np.uint8)
+    for oid, (y0, y1, x0, x1) in boxes.items():
+        lab[y0:y1, x0:x1] = oid
+    return lab
+
+
+def tracking_davis(root: Path) -> Path:
+    """Two videos: `dance` (4 frames) where object 3 vanishes after frame 1 and object 2
+    enters on frame 1; `cars` (3 frames) with one object."""
+    h, w = 64, 80
+    dance = {
+        0: {1: (5, 25, 5, 30), 3: (40, 60, 50, 75)},
+        1: {1: (6, 26, 7, 32), 3: (40, 60, 52, 77), 2: (30, 38, 10, 20)},
+        2: {1: (7, 27, 9, 34), 2: (30, 38, 12, 22)},
+        3: {1: (8, 28, 11, 36), 2: (30, 38, 14, 24)},
+    }
+    cars = {f: {4: (10 + f, 40 + f, 20, 60)} for f in range(3)}
+    for video, frames in (("dance", dance), ("cars", cars)):
+        for f, boxes in frames.items():
+            write_jpg(root / "JPEGImages" / "480p" / video / f"{f:05d}.jpg", h, w, seed=f)
+            write_png(root / "Annotations" / "480p" / video / f"{f:05d}.png", rect(h, w, boxes))
+    sets = root / "ImageSets" / "2017"
+    sets.mkdir(parents=True)
+    (sets / "val.txt").write_text("dance\ncars\n")
+    return root
