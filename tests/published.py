@@ -91,3 +91,33 @@ class DecoderTokens:
         return torch.stack(
             [torch.cat([iou, self.tokens[k].float()], -1) for k in token_of_mask], dim=1
         )
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fill_hub_cache(cache: Path, repo_id: str, filename: str, content: bytes) -> str:
+    """The Hugging Face hub cache layout of one downloaded file, as huggingface_hub writes it:
+    models--<owner>--<name>/{blobs/<sha256>, refs/main, snapshots/<commit>/<file> -> blob}.
+    Returns the content's SHA-256 (the LFS object id that names the blob)."""
+    import hashlib
+
+    sha = hashlib.sha256(content).hexdigest()
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "blobs" / sha).write_bytes(content)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / filename).symlink_to(Path("../../blobs") / sha)
+    return sha
+
+
+def offline_hub(monkeypatch, cache: Path) -> None:
+    """No network for huggingface_hub (HF_HUB_OFFLINE=1) and `cache` as its cache dir."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))

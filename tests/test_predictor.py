@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from published import DecoderTokens
+from published import DecoderTokens, fill_hub_cache, offline_hub
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from usam.errors import UsamError
@@ -564,3 +564,111 @@ def test_single_mask_without_dynamic_choice_is_token_0(tmp_path, usam, upstream)
     assert out.mask_token_index.tolist() == [[0]] * 3
     want = usam.predictors["iou_tiny"](tokens.rows([0])[:, 0])
     np.testing.assert_allclose(out.estimates["iou_tiny"][:, 0], want.numpy(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the hub
+
+
+def test_hub_ids_map_to_the_configs_and_files_of_sam2s_own_table():
+    from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
+
+    from usam.hub import checkpoint_file, model_id, parse_model_id
+
+    assert len(HF_MODEL_ID_TO_FILENAMES) == 8
+    for repo_id, (config, filename) in HF_MODEL_ID_TO_FILENAMES.items():
+        version, size = parse_model_id(repo_id)
+        assert (packaged_config(version, size), checkpoint_file(version, size)) == (
+            config,
+            filename,
+        )
+        assert model_id(version, size) == repo_id
+    assert parse_model_id("facebook/sam2.1-hiera-base-plus") == ("sam2.1", "base_plus")
+    assert parse_model_id("facebook/sam2-hiera-small") == ("sam2.0", "small")
+    assert parse_model_id("facebook/sam-vit-huge") is None
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(usam):
+    """The fixture's random weights as a SAM 2 checkpoint file's bytes."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": usam.sam.model.state_dict()}, buf)
+    return buf.getvalue()
+
+
+def test_from_pretrained_takes_a_hub_id_from_the_cache_without_network(
+    tmp_path, monkeypatch, usam, bundles, tiny_checkpoint
+):
+    fill_hub_cache(
+        tmp_path / "hub", "facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny.pt", tiny_checkpoint
+    )
+    offline_hub(monkeypatch, tmp_path / "hub")
+    loaded = UncertainSAM.from_pretrained(
+        "facebook/sam2.1-hiera-tiny", estimators=bundles, image_size=128, device="cpu"
+    )
+    assert (loaded.sam.size, loaded.sam.version, loaded.sam.random_weights) == (
+        "tiny",
+        "sam2.1",
+        False,
+    )
+    loaded.set_image(make_image())
+    a, b = loaded.predict(POINTS, LABELS), usam.predict(POINTS, LABELS)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    for t in b.estimates:
+        np.testing.assert_allclose(a.estimates[t], b.estimates[t], atol=1e-6)
+    loaded.sam.remove_hooks()
+
+
+def test_a_hub_file_that_does_not_match_the_hubs_sha256_is_refused(
+    tmp_path, monkeypatch, tiny_checkpoint
+):
+    sha = fill_hub_cache(
+        tmp_path / "hub", "facebook/sam2-hiera-tiny", "sam2_hiera_tiny.pt", tiny_checkpoint
+    )
+    blob = tmp_path / "hub/models--facebook--sam2-hiera-tiny/blobs" / sha
+    blob.write_bytes(tiny_checkpoint[:-10])  # truncated after the download
+    offline_hub(monkeypatch, tmp_path / "hub")
+    with pytest.raises(UsamError, match=f"expected the pinned {sha}"):
+        UncertainSAM.from_pretrained("facebook/sam2-hiera-tiny", image_size=128, device="cpu")
+
+
+def test_hub_ids_not_cached_offline_or_unknown_are_usam_errors(tmp_path, monkeypatch):
+    offline_hub(monkeypatch, tmp_path / "empty")
+    with pytest.raises(UsamError, match="sam2.1_hiera_large.pt is not in the Hugging Face cache"):
+        UncertainSAM.from_pretrained("facebook/sam2.1-hiera-large")
+    with pytest.raises(UsamError, match="neither a checkpoint file here nor a SAM 2 model id"):
+        UncertainSAM.from_pretrained("someone/sam2-finetuned")
+
+
+def test_estimators_from_a_published_folder_and_usam_bundles_together(tmp_path, bundles):
+    from published import published_forward, published_state, write_published
+
+    folder = write_published(tmp_path, "sam2.1", {"iou_unsupervised": 3, "prompt_gap": 4})
+    u = UncertainSAM.from_pretrained(
+        None,
+        estimators=[folder, bundles],
+        size="tiny",
+        random_weights=True,
+        image_size=128,
+        device="cpu",
+    )
+    assert sorted(u.predictors) == [
+        "iou_tiny",
+        "model_gap",
+        "prompt_gap",
+        "task_gap",
+        "unsupervised_iou",
+    ]
+    assert u.predictors["prompt_gap"].pairing == "published"
+    assert u.predictors["iou_tiny"].pairing == "usam"
+    x = torch.randn(5, 512)
+    want = published_forward(published_state(4), x) - 0.5
+    torch.testing.assert_close(u.predictors["prompt_gap"](x), want, rtol=0, atol=1e-6)
+    with pytest.raises(UsamError, match=r"\['iou_tiny', 'model_gap', 'task_gap'\] already come"):
+        UncertainSAM.from_pretrained(
+            None, estimators=[bundles, bundles], size="tiny", random_weights=True
+        )
+    with pytest.raises(UsamError, match="not both"):
+        UncertainSAM.from_pretrained(None, bundles, estimators=bundles, size="tiny")
+    u.sam.remove_hooks()

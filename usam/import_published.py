@@ -25,7 +25,7 @@ from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.download import file_sha256
 from usam.errors import UsamError
-from usam.mlp import TARGETS, UsamMLP, load_bundle, save_bundle
+from usam.mlp import TARGETS, Predictor, UsamMLP, load_bundle, save_bundle
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,41 @@ def as_usam_mlp(state: dict[str, torch.Tensor]) -> UsamMLP:
     return model.eval()
 
 
+def published_config(target: str, version: str | None) -> dict[str, Any]:
+    """The bundle config of a published estimator (SPEC "The published estimators")."""
+    return {
+        "target": target,
+        "output_shift": TARGETS[target],
+        "sam_version": version,
+        "models": SIZES,  # pooled over all four sizes: valid for each of them
+        "token_pairing": "published",
+        "random_weights": False,
+    }
+
+
+def published_files(folder: Path) -> dict[str, Path]:
+    """{folder name: <name>/model.pth} of a models/mlps/sam2.X folder; unknown names refused."""
+    files = {f.parent.name: f for f in sorted(Path(folder).glob("*/model.pth"))}
+    unknown = [n for n in files if target_of(n) not in TARGETS]
+    if unknown:
+        raise UsamError(
+            f"{folder}: {unknown} are not published estimator names; expected "
+            f"{sorted({*TARGETS, *RENAMED} - set(RENAMED.values()))}"
+        )
+    return files
+
+
+def load_published(folder: str | Path) -> dict[str, Predictor]:
+    """A published models/mlps/sam2.X folder in memory: {folder name: Predictor}, published
+    pairing; the version from the folder's name when it says (sam2.0 / sam2.1)."""
+    folder = Path(folder)
+    version = folder.name if folder.name in VERSIONS else None
+    return {
+        name: Predictor(as_usam_mlp(read_published(f)), published_config(target_of(name), version))
+        for name, f in published_files(folder).items()
+    }
+
+
 def version_folders(source: Path, version: str | None) -> dict[str, Path]:
     """{version: folder of <name>/model.pth} for a checkout or one models/mlps/sam2.X folder."""
     if not source.is_dir():
@@ -126,13 +161,7 @@ def version_folders(source: Path, version: str | None) -> dict[str, Path]:
 
 def import_folder(folder: Path, version: str, out: Path, *, overwrite: bool) -> list[dict]:
     """Import every <name>/model.pth under `folder`; all are checked before any is written."""
-    files = sorted(folder.glob("*/model.pth"))
-    unknown = [f.parent.name for f in files if target_of(f.parent.name) not in TARGETS]
-    if unknown:
-        raise UsamError(
-            f"{folder}: {unknown} are not published estimator names; expected "
-            f"{sorted({*TARGETS, *RENAMED} - set(RENAMED.values()))}"
-        )
+    files = list(published_files(folder).values())
     models = {f: as_usam_mlp(read_published(f)) for f in files}  # every file valid first
     entries = []
     for f in files:  # and no conflict with bundles already there, before writing any
@@ -165,12 +194,7 @@ def import_folder(folder: Path, version: str, out: Path, *, overwrite: bool) -> 
             entry["bundle"],
             models[f],
             {
-                "target": target,
-                "output_shift": TARGETS[target],
-                "sam_version": version,
-                "models": SIZES,  # pooled over all four sizes: valid for each of them
-                "token_pairing": "published",
-                "random_weights": False,
+                **published_config(target, version),
                 "imported_from": {"file": str(f.resolve()), "sha256": entry["sha256"]},
             },
         )

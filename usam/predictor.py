@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from usam import CONF_DIR
+from usam import CONF_DIR, hub
 from usam.errors import UsamError
+from usam.hub import looks_like_model_id
 from usam.mlp import PAIRINGS, TARGETS, Predictor, UsamMLP, paired_token
 from usam.sam import SamModel, load_sam_model, resolve_device
 
@@ -129,6 +130,36 @@ def load_predictors(
             key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]),
         )
     )
+
+
+def load_estimators(
+    directories: str | Path | Sequence[str | Path],
+    *,
+    targets: list[str] | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Predictor]:
+    """Estimators from one folder or several: usam bundles (`load_predictors`) or a published
+    models/mlps/sam2.X folder of <name>/model.pth (read in memory, published pairing; import
+    it once with python -m usam.import_published to keep it as bundles). One per target."""
+    from usam.import_published import load_published
+
+    dirs = [directories] if isinstance(directories, (str, Path)) else list(directories)
+    predictors: dict[str, Predictor] = {}
+    for d in map(Path, dirs):
+        if d.is_dir() and any(d.glob("*/model.pth")) and not any(d.glob("*/config.json")):
+            found = {p.target: p.to(device) for p in load_published(d).values()}
+        else:
+            found = load_predictors(d, device=device)
+        twice = sorted(set(found) & set(predictors))
+        if twice:
+            raise UsamError(f"{d}: {twice} already come from another estimator folder; keep one")
+        predictors.update(found)
+    if targets is not None:
+        missing = [t for t in targets if t not in predictors]
+        if missing:
+            raise UsamError(f"{', '.join(map(str, dirs))}: no estimator for {missing}")
+        return {t: predictors[t] for t in targets}
+    return predictors
 
 
 def check_compatible(sam: SamModel, predictors: Mapping[str, Predictor]) -> None:
@@ -244,8 +275,9 @@ class UncertainSAM:
     def from_pretrained(
         cls,
         checkpoint: str | Path | None,
-        bundles_dir: str | Path | None,
+        bundles_dir: str | Path | None = None,
         *,
+        estimators: str | Path | Sequence[str | Path] | None = None,
         size: str | None = None,
         config: str | Path | None = None,
         version: str | None = None,
@@ -256,13 +288,28 @@ class UncertainSAM:
         batch_size: int | None = None,
         random_weights: bool = False,
         seed: int = 0,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
     ) -> UncertainSAM:
-        """SAM 2 from `checkpoint` with the bundles in `bundles_dir` (None: SAM alone).
+        """SAM 2 from `checkpoint` with the estimators in `estimators` (None: SAM alone).
 
-        Size and version default to what Meta's file name says (sam2.1_hiera_tiny.pt);
-        `config` defaults to the sam2 package's config for them. `random_weights=True`
-        builds seeded random SAM weights instead (tests only; needs `size`).
+        `checkpoint` is a file, or a SAM 2 model id on the Hugging Face hub as SAM 2's own
+        `from_pretrained` takes it ("facebook/sam2.1-hiera-large": downloaded once into the
+        hub's cache, verified against the hub's SHA-256). `estimators` (or the positional
+        `bundles_dir`) is a folder of usam bundles, a published models/mlps/sam2.X folder, or
+        a list of such folders. Size and version default to what the id or Meta's file name
+        says (sam2.1_hiera_tiny.pt); `config` defaults to the sam2 package's config for them.
+        `random_weights=True` builds seeded random SAM weights instead (tests only).
         """
+        if bundles_dir is not None and estimators is not None:
+            raise UsamError("give the estimators once: bundles_dir or estimators=, not both")
+        estimators = bundles_dir if estimators is None else estimators
+        if checkpoint is not None and not random_weights and looks_like_model_id(checkpoint):
+            # the cached file keeps Meta's name (sam2.1_hiera_large.pt): size and version follow
+            checkpoint, _, _, hub_sha = hub.download(
+                str(checkpoint), cache_dir=cache_dir, local_files_only=local_files_only
+            )
+            sha256 = sha256 or hub_sha
         named_version, named_size = parse_checkpoint_name(checkpoint or "")
         for given, named, what in ((size, named_size, "size"), (version, named_version, "version")):
             if given is not None and named is not None and given != named:
@@ -286,7 +333,7 @@ class UncertainSAM:
                 )
         dev = resolve_device(device)
         # bundles first: a bad directory fails in milliseconds, not after building SAM
-        predictors = {} if bundles_dir is None else load_predictors(bundles_dir, targets=targets)
+        predictors = {} if estimators is None else load_estimators(estimators, targets=targets)
         sam = load_sam_model(
             size,
             None if random_weights else checkpoint,
@@ -437,15 +484,6 @@ class UncertainSAM:
         dec = self.sam.decode_tokens(
             points, labels, boxes, mask_input, multimask_output=multimask_output
         )
-        b, m = dec.source.shape
-        estimates = {}
-        with torch.inference_mode():
-            for pairing, heads in self.heads.items():
-                # row (prompt i, mask j) = [iou_token_i, the token this pairing reads for mask j]
-                tokens = _gather_tokens(dec.all_mask_tokens, paired_token(dec.source, pairing))
-                x = torch.cat([dec.iou_token[:, None].expand_as(tokens), tokens], -1)
-                values = heads(x.reshape(b * m, -1)).float().view(-1, b, m)
-                estimates.update(zip(heads.targets, values, strict=True))
         return {
             "masks": dec.masks,
             "scores": dec.scores,
@@ -453,8 +491,27 @@ class UncertainSAM:
             "iou_token": dec.iou_token,
             "mask_tokens": _gather_tokens(dec.all_mask_tokens, dec.source),
             "mask_token_index": dec.source,
-            "estimates": {t: estimates[t] for t in self.predictors},  # the bundles' order
+            "estimates": self.estimate(dec.iou_token, dec.all_mask_tokens, dec.source),
         }
+
+    def estimate(
+        self, iou_token: torch.Tensor, all_mask_tokens: torch.Tensor, source: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Every bundle's value per mask, {target: [B, M]} in the bundles' order.
+
+        iou_token [B, C], all_mask_tokens [B, 4, C] (decoder mask tokens 0..3), source
+        [B, M] (the token that made each mask); each bundle reads the token its pairing names.
+        """
+        b, m = source.shape
+        estimates = {}
+        with torch.inference_mode():
+            for pairing, heads in self.heads.items():
+                # row (prompt i, mask j) = [iou_token_i, the token this pairing reads for mask j]
+                tokens = _gather_tokens(all_mask_tokens, paired_token(source, pairing))
+                x = torch.cat([iou_token[:, None].expand_as(tokens), tokens], -1)
+                values = heads(x.reshape(b * m, -1)).float().view(-1, b, m)
+                estimates.update(zip(heads.targets, values, strict=True))
+        return {t: estimates[t] for t in self.predictors}
 
     def __repr__(self) -> str:
         return f"UncertainSAM({self.sam!r}, predictors={sorted(self.predictors)})"

@@ -274,6 +274,30 @@ def single_mask_source(captured: Mapping[Any, torch.Tensor], b: int, device) -> 
     return torch.where(same[:, 0], 0, same[:, 1:].float().argmax(-1) + 1).long()
 
 
+def captured_tokens(
+    captured: Mapping[Any, torch.Tensor], b: int, multimask_output: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(iou_token [B, C], mask tokens 0..3 [B, 4, C], source [B, M]) of one captured decoder
+    call of B prompts; source = the token that made each returned mask."""
+    missing = [k for k in ["iou", *range(N_MASK_TOKENS)] if k not in captured]
+    if missing:
+        raise UsamError(
+            f"the sam2 mask decoder did not call {missing} (iou_prediction_head / "
+            "output_hypernetworks_mlps) during decoding; this sam2 version is not supported"
+        )
+    tokens = torch.stack([captured[i] for i in range(N_MASK_TOKENS)], dim=1).float()
+    if tokens.shape[0] != b:
+        raise UsamError(
+            f"captured {tokens.shape[0]} sets of decoder tokens for {b} prompts: one decoder "
+            "call per capture, please"
+        )
+    if multimask_output:
+        source = torch.arange(1, N_MASK_TOKENS, device=tokens.device).expand(b, -1)
+    else:
+        source = single_mask_source(captured, b, tokens.device)[:, None]
+    return captured["iou"].float(), tokens, source
+
+
 class SamModel:
     """One SAM 2 size: `set_image` runs the encoder once, `decode` answers any number of prompts."""
 
@@ -510,43 +534,31 @@ class SamModel:
         """One decoder call for batched prompts, with all four mask tokens and, per returned
         mask, the token that made it (three masks with multimask_output, else one)."""
         p = self.predictor
-        self._captured = {}
-        try:
-            with torch.inference_mode(), self._autocast():
-                mask_in, coords, lab, box = p._prep_prompts(
-                    points, labels, boxes, mask_input, normalize_coords=True
-                )
-                masks, scores, low_res = p._predict(
-                    coords,
-                    lab,
-                    box,
-                    mask_in,
-                    multimask_output=multimask_output,
-                    return_logits=False,
-                )
-            captured = self._captured
-        finally:
-            self._captured = None
-        b = len(scores)
-        missing = [k for k in ["iou", *range(N_MASK_TOKENS)] if k not in captured]
-        if missing:
-            raise UsamError(
-                f"the sam2 mask decoder did not call {missing} (iou_prediction_head / "
-                "output_hypernetworks_mlps) during decoding; this sam2 version is not supported"
+        with self.capture() as captured, torch.inference_mode(), self._autocast():
+            mask_in, coords, lab, box = p._prep_prompts(
+                points, labels, boxes, mask_input, normalize_coords=True
             )
-        tokens = torch.stack([captured[i] for i in range(N_MASK_TOKENS)], dim=1).float()
-        if multimask_output:
-            source = torch.arange(1, N_MASK_TOKENS, device=tokens.device).expand(b, -1)
-        else:
-            source = single_mask_source(captured, b, tokens.device)[:, None]
+            masks, scores, low_res = p._predict(
+                coords, lab, box, mask_in, multimask_output=multimask_output, return_logits=False
+            )
+        iou_token, tokens, source = captured_tokens(captured, len(scores), multimask_output)
         return DecodedTokens(
             masks=masks.bool(),
             scores=scores.float(),
             low_res_logits=low_res.float(),
-            iou_token=captured["iou"].float(),
+            iou_token=iou_token,
             all_mask_tokens=tokens,
             source=source,
         )
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[dict]:
+        """Record the tokens of the decoder calls inside the block (read with captured_tokens)."""
+        self._captured = {}
+        try:
+            yield self._captured
+        finally:
+            self._captured = None
 
     def _empty(self) -> Decoded:
         h, w = self.predictor._orig_hw[0]
