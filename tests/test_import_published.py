@@ -290,20 +290,23 @@ def test_usam_predict_runs_on_imported_bundles(compose_cfg, checkout, tmp_path):
 
     run(import_cfg(compose_cfg, checkout, tmp_path / "models"))
     Image.fromarray(image()).save(tmp_path / "photo.png")
-    cfg = compose_cfg(
-        "predict",
-        [
-            "sam_model=random",
-            "sam_model.image_size=128",
-            "sam_model.device=cpu",
-            f"image={tmp_path / 'photo.png'}",
-            "point=[30,20]",
-            f"predictors={tmp_path / 'models' / 'sam2.1'}",
-        ],
-    )
+    cfg_overrides = [
+        "sam_model=random",
+        "sam_model.image_size=128",
+        "sam_model.device=cpu",
+        f"image={tmp_path / 'photo.png'}",
+        "point=[30,20]",
+        f"predictors={tmp_path / 'models' / 'sam2.1'}",
+    ]
+    cfg = compose_cfg("predict", cfg_overrides)
     summary = run_stage(predict_run, cfg)
     assert sorted(summary["estimates"]) == sorted(
         ["iou_tiny", "unsupervised_iou", "task_gap", "prompt_gap"]
     )
     assert all(len(v) == 3 for v in summary["estimates"].values())
     assert Path(summary["overlay"]).is_file()
+    single = run_stage(
+        predict_run, compose_cfg("predict", [*cfg_overrides, "multimask_output=false"])
+    )
+    assert single["best"] == 0 and len(single["scores"]) == 1
+    assert all(len(v) == 1 for v in single["estimates"].values())

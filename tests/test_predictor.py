@@ -639,6 +639,10 @@ def test_hub_ids_not_cached_offline_or_unknown_are_usam_errors(tmp_path, monkeyp
         UncertainSAM.from_pretrained("facebook/sam2.1-hiera-large")
     with pytest.raises(UsamError, match="neither a checkpoint file here nor a SAM 2 model id"):
         UncertainSAM.from_pretrained("someone/sam2-finetuned")
+    # a missing relative checkpoint file is a missing file, not a hub id
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsamError, match="sam2.1_hiera_tiny.pt not found; get it with"):
+        UncertainSAM.from_pretrained("checkpoints/sam2.1_hiera_tiny.pt")
 
 
 def test_estimators_from_a_published_folder_and_usam_bundles_together(tmp_path, bundles):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,10 @@ class Models:
         self.cfg = cfg
         self.sams: dict[str, Any] = {}
         self.estimators: dict[tuple[str, ...], dict] = {}
-        self.encoded: dict[str, int] = {}  # size -> id of the image its encoder saw last
+        # size -> the image its encoder saw last (kept, so `is` cannot match a new array)
+        self.encoded: dict[str, np.ndarray] = {}
+        # one SamModel holds one encoded image: page events (and sessions) take turns
+        self.lock = threading.Lock()
 
     def sam(self, size: str):
         if size not in self.sams:
@@ -138,11 +142,12 @@ class Models:
     def predict(
         self, size: str, folders: list[str], image: np.ndarray, prompt: Prompt
     ) -> tuple[UncertainSAM, Prediction]:
-        usam = self.usam(size, folders)
-        if self.encoded.get(size) != id(image):
-            usam.set_image(image)
-            self.encoded[size] = id(image)
-        return usam, usam.predict(**prompt.kwargs())
+        with self.lock:
+            usam = self.usam(size, folders)
+            if self.encoded.get(size) is not image:
+                usam.set_image(image)
+                self.encoded[size] = image
+            return usam, usam.predict(**prompt.kwargs())
 
 
 def recommended(pred: Prediction, size: str) -> tuple[int, str]:

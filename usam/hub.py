@@ -41,9 +41,14 @@ def model_id(version: str, size: str) -> str:
 
 
 def looks_like_model_id(name: str | Path) -> bool:
-    """A hub id ("owner/name") rather than a local file: no such path here and one slash."""
+    """A hub id ("owner/name") rather than a local file: no such path here, one slash, and
+    no checkpoint suffix (a missing checkpoints/x.pt stays a missing file)."""
     text = str(name)
-    return not Path(text).exists() and bool(re.fullmatch(r"[\w.-]+/[\w.-]+", text))
+    return (
+        not Path(text).exists()
+        and bool(re.fullmatch(r"[\w.-]+/[\w.-]+", text))
+        and not text.endswith((".pt", ".pth", ".ckpt", ".safetensors"))
+    )
 
 
 def checkpoint_file(version: str, size: str) -> str:
