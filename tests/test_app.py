@@ -61,8 +61,8 @@ def browser():
 
 @pytest.fixture
 def page(compose_cfg, tmp_path, monkeypatch):
-    pytest.importorskip("gradio", reason='the web app needs gradio: pip install -e ".[app]"')
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the test
+    pytest.importorskip("gradio", reason='the web app needs gradio: pip install -e ".[app]"')
     folder = write_published(tmp_path / "UncertainSAM", "sam2.1", SEEDS)
     cfg = compose_cfg(
         "app",

@@ -320,7 +320,8 @@ def build(cfg: DictConfig):
         state["prompt"] = Prompt()
         return (state, *segment(state, size, chosen))
 
-    with gr.Blocks(title="usam: SAM 2 with uncertainty estimates") as demo:
+    # analytics off: the page calls nowhere but its own server
+    with gr.Blocks(title="usam: SAM 2 with uncertainty estimates", analytics_enabled=False) as demo:
         gr.Markdown(
             "## usam: SAM 2 with USAM uncertainty estimates\n"
             "Click the image to prompt SAM 2 (mode below), or upload your own image. "
