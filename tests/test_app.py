@@ -9,6 +9,7 @@ with the reason, when gradio, selenium, chromium or chromedriver is missing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -170,3 +171,21 @@ def test_the_recommended_mask_and_the_table_by_hand():
     assert (
         page.count("usam-recommended") == 1 and "IoU lost by taking SAM&#x27;s top-scored" in page
     )
+
+
+def test_run_serves_the_page_of_the_default_config(compose_cfg, monkeypatch, tmp_path):
+    """`python -m usam.app` without overrides: SAM 2.1 from checkpoints (built on the first
+    click, so the page opens without them) and the imported published estimators' folder."""
+    gr = pytest.importorskip("gradio", reason='the web app needs gradio: pip install -e ".[app]"')
+    from usam.app import run
+
+    launches = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launches.append(kw))
+    cfg = compose_cfg("app", [])
+    assert cfg.sam_model.version == "sam2.1" and not cfg.sam_model.random_weights
+    summary = run(cfg)
+    assert launches == [
+        {"server_name": "127.0.0.1", "server_port": 7860, "share": False, "quiet": False}
+    ]
+    assert summary["estimators"] == ["models/published/sam2.1"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary

@@ -405,7 +405,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     demo.launch(server_name=cfg.host, server_port=cfg.port, share=False, quiet=False)
     return save_run(
         cfg,
-        {"host": cfg.host, "port": cfg.port, "estimators": OmegaConf.to_container(cfg.estimators)},
+        {
+            "host": cfg.host,
+            "port": cfg.port,
+            "estimators": OmegaConf.to_container(cfg.estimators, resolve=True),
+        },
     )
 
 
