@@ -2,8 +2,8 @@
 
 The page is served on the loopback with a random-weight tiny SAM 2 (256 px) and published-shape
 estimators; the test clicks a point on the image, reads the point and the estimates from the
-page, checks them against UncertainSAM.predict on the same image and point, and saves a
-screenshot (also to $USAM_SCREENSHOT when set: that is how docs/app.png is made). Skips,
+page, checks them against UncertainSAM.predict on the same image and point, saves a
+screenshot, then adds a background point through the mode radio and checks again (also to $USAM_SCREENSHOT when set: that is how docs/app.png is made). Skips,
 with the reason, when gradio, selenium, chromium or chromedriver is missing.
 """
 
@@ -82,7 +82,7 @@ def page(compose_cfg, tmp_path, monkeypatch):
     demo.close()
 
 
-def test_click_a_point_and_read_the_estimates_from_the_page(browser, page, tmp_path):
+def test_click_points_and_read_the_estimates_from_the_page(browser, page, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -100,10 +100,7 @@ def test_click_a_point_and_read_the_estimates_from_the_page(browser, page, tmp_p
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#usam-estimates td")))
     prompt = browser.find_element(By.ID, "usam-prompt").text
     x, y = map(int, re.fullmatch(r"\((\d+), (\d+)\) fg", prompt).groups())
-    cells = {
-        (int(td.get_attribute("data-mask")), td.get_attribute("data-target")): float(td.text)
-        for td in browser.find_elements(By.CSS_SELECTOR, "#usam-estimates td[data-target]")
-    }
+    cells = read_table(browser)
     banner = browser.find_element(By.ID, "usam-banner").text
     recommended = browser.find_element(By.CSS_SELECTOR, "#usam-estimates tr.usam-recommended").text
     shot = tmp_path / "app.png"
@@ -130,7 +127,36 @@ def test_click_a_point_and_read_the_estimates_from_the_page(browser, page, tmp_p
     assert recommended.startswith(f"mask {best} (recommended)")
     assert "RANDOM weights" in banner
     assert shot.stat().st_size > 10_000
+
+    # background mode, a second click right of and below the centre: a two-point prompt
+    browser.find_element(
+        By.XPATH, "//*[@id='usam-mode']//label[contains(., 'background point')]"
+    ).click()
+    ActionChains(browser).move_to_element_with_offset(
+        img, img.size["width"] // 4, img.size["height"] // 5
+    ).click().perform()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "usam-prompt"), "bg"))
+    prompt = browser.find_element(By.ID, "usam-prompt").text
+    m = re.fullmatch(r"\((\d+), (\d+)\) fg; \((\d+), (\d+)\) bg", prompt)
+    x2, y2 = int(m.group(3)), int(m.group(4))
+    assert x2 > image.shape[1] // 2 and y2 > image.shape[0] // 2
+    want = usam.predict(point_coords=[[x, y], [x2, y2]], point_labels=[1, 0])
+    cells = read_table(browser)
+    for j in range(3):
+        assert cells[(j, "sam_score")] == pytest.approx(float(want.scores[j]), abs=6e-4)
+        for target, values in want.estimates.items():
+            assert cells[(j, target)] == pytest.approx(float(values[j]), abs=6e-4)
     usam.sam.remove_hooks()
+
+
+def read_table(browser) -> dict[tuple[int, str], float]:
+    """{(mask, target): number} of the page's estimates table."""
+    from selenium.webdriver.common.by import By
+
+    return {
+        (int(td.get_attribute("data-mask")), td.get_attribute("data-target")): float(td.text)
+        for td in browser.find_elements(By.CSS_SELECTOR, "#usam-estimates td[data-target]")
+    }
 
 
 def test_clicks_make_points_and_a_box_from_two_corners():
