@@ -1,10 +1,11 @@
 """python -m usam.app in a real headless browser: Debian's chromium driven by selenium.
 
 The page is served on the loopback with a random-weight tiny SAM 2 (256 px) and published-shape
-estimators; the test clicks a point on the image, reads the point and the estimates from the
-page, checks them against UncertainSAM.predict on the same image and point, saves a
-screenshot, then adds a background point through the mode radio and checks again (also to $USAM_SCREENSHOT when set: that is how docs/app.png is made). Skips,
-with the reason, when gradio, selenium, chromium or chromedriver is missing.
+estimators. The test clicks a point on the image, reads the point and the estimates from the
+page, checks them against UncertainSAM.predict on the same image and point, and saves a
+screenshot (also to $USAM_SCREENSHOT when set: that is how docs/app.png is made); then it adds
+a background point through the mode radio and checks the two-point answer. Skips, with the
+reason, when gradio, selenium, chromium or chromedriver is missing.
 """
 
 from __future__ import annotations
