@@ -305,6 +305,10 @@ def test_usam_predict_runs_on_imported_bundles(compose_cfg, checkout, tmp_path):
     )
     assert all(len(v) == 3 for v in summary["estimates"].values())
     assert Path(summary["overlay"]).is_file()
+    # the published folder itself, read in memory: the same numbers
+    direct_overrides = [*cfg_overrides[:-1], f"predictors={checkout / 'models/mlps/sam2.1'}"]
+    direct = run_stage(predict_run, compose_cfg("predict", direct_overrides))
+    assert direct["estimates"] == summary["estimates"]
     single = run_stage(
         predict_run, compose_cfg("predict", [*cfg_overrides, "multimask_output=false"])
     )
