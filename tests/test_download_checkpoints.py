@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from published import fill_hub_cache, offline_hub
 from test_download import no_proxy, server  # noqa: F401  (fixtures: loopback HTTP server)
 
 from usam.download import sidecar_path, verify_checkpoint
@@ -108,3 +109,52 @@ def test_entrypoint_exits_1_with_one_line(tmp_path):
     assert proc.returncode == 1
     assert "error: sam_model with random_weights=true" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_source_hf_copies_from_the_hub_cache_with_the_hubs_digest(
+    cfg_for,
+    server,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """source=hf: the same files through huggingface_hub (offline here: a filled cache), two
+    sizes with different bytes so each lands under its own name; the Meta server is unused."""
+    contents = {"tiny": b"tiny weights" * 100, "large": b"large weights" * 300}
+    for size, data in contents.items():
+        fill_hub_cache(
+            tmp_path / "hub", f"facebook/sam2.1-hiera-{size}", f"sam2.1_hiera_{size}.pt", data
+        )
+    offline_hub(monkeypatch, tmp_path / "hub")
+    summary = run(cfg_for("source=hf", "sam_model.sizes=[large,tiny]"))
+    ckdir = tmp_path / "ckpt" / "sam2.1"
+    for entry, size in zip(summary["files"], ["large", "tiny"], strict=True):
+        dest = ckdir / f"sam2.1_hiera_{size}.pt"
+        digest = hashlib.sha256(contents[size]).hexdigest()
+        assert entry == {
+            "size": size,
+            "path": str(dest),
+            "url": f"hf://facebook/sam2.1-hiera-{size}/sam2.1_hiera_{size}.pt",
+            "pinned": False,
+            "status": "downloaded",
+            "sha256": digest,
+        }
+        assert dest.read_bytes() == contents[size] and not dest.is_symlink()
+        verify_checkpoint(dest, None)  # the sidecar holds the hub's digest
+    assert server.requests == []
+    again = run(cfg_for("source=hf", "sam_model.sizes=[tiny]"))
+    assert again["files"][0]["status"] == "skipped"
+
+
+def test_source_hf_refuses_a_cached_file_that_is_not_what_the_hub_recorded(
+    cfg_for, tmp_path, monkeypatch
+):
+    sha = fill_hub_cache(
+        tmp_path / "hub", "facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny.pt", b"ok"
+    )
+    (tmp_path / "hub/models--facebook--sam2.1-hiera-tiny/blobs" / sha).write_bytes(b"changed")
+    offline_hub(monkeypatch, tmp_path / "hub")
+    with pytest.raises(UsamError, match=f"but the hub recorded {sha}"):
+        run(cfg_for("source=hf"))
+    assert not (tmp_path / "ckpt" / "sam2.1").exists()  # nothing written
+    with pytest.raises(UsamError, match="source=ftp: use meta"):
+        run(cfg_for("source=ftp"))

@@ -7,16 +7,18 @@ checked against upstream `SAM2ImagePredictor.predict` on the same weights.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
 import numpy as np
 import pytest
 import torch
+from published import DecoderTokens, fill_hub_cache, offline_hub
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from usam.errors import UsamError
-from usam.mlp import TARGETS, Predictor, UsamMLP, save_bundle
+from usam.mlp import TARGETS, Predictor, UsamMLP, paired_token, save_bundle
 from usam.predictor import (
     StackedPredictors,
     UncertainSAM,
@@ -273,7 +275,6 @@ def test_multi_point_prompt_with_background_point(usam, upstream):
         ({"mask_input": np.zeros((1, 64, 64))}, "mask_input must be"),
         ({"point_coords": POINTS, "box": BOXES[:2]}, "disagree on the batch"),
         ({"point_coords": POINTS[0], "box": BOXES}, "disagree on the batch"),
-        ({"point_coords": POINTS[0], "multimask_output": False}, "multimask_output=True"),
     ],
 )
 def test_bad_prompts_are_usam_errors(usam, kwargs, message):
@@ -412,3 +413,267 @@ def test_cuda_estimates_equal_bundles_on_the_same_pass(bundles):
     for t, v in out.estimates.items():
         want = Predictor.load(bundles / t)(x).view(len(POINTS), 3).numpy()
         np.testing.assert_allclose(v, want, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- token pairing
+
+
+def test_bundles_without_a_pairing_are_usam_and_an_unknown_pairing_is_refused(tmp_path):
+    write_bundles(tmp_path / "old", targets=["iou_tiny"])
+    cfg_path = tmp_path / "old" / "iou_tiny" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["token_pairing"] == "usam"  # written by save_bundle
+    del cfg["token_pairing"]  # a bundle from before the field existed
+    cfg_path.write_text(json.dumps(cfg))
+    assert load_predictors(tmp_path / "old")["iou_tiny"].pairing == "usam"
+    write_bundles(tmp_path / "odd", targets=["iou_tiny"], token_pairing="shifted")
+    with pytest.raises(
+        UsamError, match=r"iou_tiny/config.json: token_pairing 'shifted' is unknown"
+    ):
+        load_predictors(tmp_path / "odd")
+
+
+def test_paired_token_by_hand():
+    source = torch.tensor([[1, 2, 3], [0, 0, 0], [2, 2, 2]])
+    assert paired_token(source, "usam").tolist() == source.tolist()
+    assert paired_token(source, "published").tolist() == [[0, 1, 2], [0, 0, 0], [1, 1, 1]]
+    with pytest.raises(UsamError, match="unknown"):
+        paired_token(source, "other")
+
+
+def test_multimask_estimates_follow_each_bundles_pairing(tmp_path, usam):
+    """One UncertainSAM, two pairings: the published bundle reads token j, usam's token j+1."""
+    write_bundles(tmp_path / "u", targets=["iou_tiny"])
+    write_bundles(tmp_path / "p", targets=["task_gap"], token_pairing="published")
+    preds = {**load_predictors(tmp_path / "u"), **load_predictors(tmp_path / "p")}
+    u = UncertainSAM(usam.sam, preds)
+    with DecoderTokens(usam.sam.model) as tokens:
+        out = u.predict(POINTS, LABELS)
+    assert out.mask_token_index.tolist() == [[1, 2, 3]] * 3
+    want_usam = preds["iou_tiny"](tokens.rows([1, 2, 3]).reshape(-1, 512)).view(3, 3)
+    want_pub = preds["task_gap"](tokens.rows([0, 1, 2]).reshape(-1, 512)).view(3, 3)
+    np.testing.assert_allclose(out.estimates["iou_tiny"], want_usam.numpy(), atol=1e-6)
+    np.testing.assert_allclose(out.estimates["task_gap"], want_pub.numpy(), atol=1e-6)
+    # the other pairing would give other numbers
+    other = preds["task_gap"](tokens.rows([1, 2, 3]).reshape(-1, 512)).view(3, 3)
+    assert np.abs(out.estimates["task_gap"] - other.numpy()).max() > 1e-4
+
+
+# --------------------------------------------------------------------------- single mask
+
+SINGLE_POINTS = np.array(
+    [[[15.0, 12.0]], [[30.0, 20.0]], [[50.0, 35.0]], [[5.0, 5.0]], [[40.0, 10.0]], [[25.0, 30.0]]],
+    np.float32,
+)
+
+
+@pytest.fixture
+def mixed_stability(usam, upstream):
+    """A stability threshold at the median of token 0's stability over SINGLE_POINTS, so SAM 2
+    keeps token 0's mask for some prompts and falls back to a multimask output for others."""
+    decoder = usam.sam.model.sam_mask_decoder
+    labels = np.ones(SINGLE_POINTS.shape[:2])
+    decoder.dynamic_multimask_via_stability = False  # SAM 2 returns token 0's mask
+    try:
+        with torch.inference_mode():
+            _, _, token0 = upstream.predict(
+                SINGLE_POINTS, labels, multimask_output=False, return_logits=True
+            )
+            stability = decoder._get_stability_scores(torch.as_tensor(token0))[:, 0]
+    finally:
+        decoder.dynamic_multimask_via_stability = True
+    before = decoder.dynamic_multimask_stability_thresh
+    decoder.dynamic_multimask_stability_thresh = float(stability.median())
+    yield
+    decoder.dynamic_multimask_stability_thresh = before
+
+
+def source_tokens(upstream) -> list[int]:
+    """Which decoder token made SAM 2's single mask per prompt, from SAM 2's outputs alone: the
+    multimask output (token j+1) whose logits it equals, else token 0."""
+    labels = np.ones(SINGLE_POINTS.shape[:2])
+    with torch.inference_mode():
+        _, _, single = upstream.predict(
+            SINGLE_POINTS, labels, multimask_output=False, return_logits=True
+        )
+        _, _, multi = upstream.predict(
+            SINGLE_POINTS, labels, multimask_output=True, return_logits=True
+        )
+    out = []
+    for s, m in zip(single, multi, strict=True):
+        same = [j for j in range(3) if np.array_equal(s[0], m[j])]
+        out.append(same[0] + 1 if same else 0)
+    return out
+
+
+def test_single_mask_output_is_sam2s_mask_estimated_from_its_own_token(
+    tmp_path, usam, upstream, mixed_stability
+):
+    write_bundles(tmp_path / "u", targets=["iou_tiny"])
+    write_bundles(tmp_path / "p", targets=["task_gap"], token_pairing="published")
+    preds = {**load_predictors(tmp_path / "u"), **load_predictors(tmp_path / "p")}
+    u = UncertainSAM(usam.sam, preds)
+    with DecoderTokens(usam.sam.model) as tokens:
+        out = u.predict(SINGLE_POINTS, multimask_output=False, return_tokens=True)
+    labels = np.ones(SINGLE_POINTS.shape[:2])
+    with torch.inference_mode():
+        masks, scores, _ = upstream.predict(SINGLE_POINTS, labels, multimask_output=False)
+    assert out.masks.shape == (6, 1, H, W) and out.scores.shape == (6, 1)
+    np.testing.assert_array_equal(out.masks, masks.astype(bool))
+    np.testing.assert_allclose(out.scores, scores, atol=1e-6)
+    source = source_tokens(upstream)
+    assert 0 in source and any(k > 0 for k in source)  # both of SAM 2's cases in the batch
+    assert out.mask_token_index[:, 0].tolist() == source
+    rows = torch.stack([tokens.rows([k])[b, 0] for b, k in enumerate(source)])
+    np.testing.assert_allclose(out.mask_tokens[:, 0], rows[:, 256:].numpy(), atol=1e-6)
+    want_usam = preds["iou_tiny"](rows)
+    published = [max(k - 1, 0) for k in source]  # one token early; token 0 for token 0's mask
+    want_pub = preds["task_gap"](
+        torch.stack([tokens.rows([k])[b, 0] for b, k in enumerate(published)])
+    )
+    assert out.estimates["iou_tiny"].shape == (6, 1)
+    np.testing.assert_allclose(out.estimates["iou_tiny"][:, 0], want_usam.numpy(), atol=1e-6)
+    np.testing.assert_allclose(out.estimates["task_gap"][:, 0], want_pub.numpy(), atol=1e-6)
+    # token 0 for every prompt (ignoring SAM 2's fallback) would be wrong for the fallbacks
+    token0 = preds["iou_tiny"](tokens.rows([0])[:, 0]).numpy()
+    fallback = np.array(source) > 0
+    assert np.abs(out.estimates["iou_tiny"][fallback, 0] - token0[fallback]).min() > 1e-5
+
+
+def test_single_mask_single_prompt_is_unbatched_and_equals_its_batch_row(usam):
+    one = usam.predict(POINTS[1], LABELS[1], multimask_output=False)
+    batch = usam.predict(POINTS, LABELS, multimask_output=False)
+    assert one.masks.shape == (1, H, W) and one.best == 0
+    assert isinstance(one.mask_token_index[0], np.integer)
+    np.testing.assert_array_equal(one.masks, batch.masks[1])
+    for t in one.estimates:
+        assert one.estimates[t].shape == (1,)
+        np.testing.assert_allclose(one.estimates[t], batch.estimates[t][1], atol=1e-6)
+
+
+def test_single_mask_without_dynamic_choice_is_token_0(tmp_path, usam, upstream):
+    decoder = usam.sam.model.sam_mask_decoder
+    decoder.dynamic_multimask_via_stability = False
+    try:
+        with DecoderTokens(usam.sam.model) as tokens:
+            out = usam.predict(POINTS, LABELS, multimask_output=False)
+        with torch.inference_mode():
+            masks, _, _ = upstream.predict(POINTS, LABELS, multimask_output=False)
+    finally:
+        decoder.dynamic_multimask_via_stability = True
+    np.testing.assert_array_equal(out.masks, masks.astype(bool))
+    assert out.mask_token_index.tolist() == [[0]] * 3
+    want = usam.predictors["iou_tiny"](tokens.rows([0])[:, 0])
+    np.testing.assert_allclose(out.estimates["iou_tiny"][:, 0], want.numpy(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the hub
+
+
+def test_hub_ids_map_to_the_configs_and_files_of_sam2s_own_table():
+    from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
+
+    from usam.hub import checkpoint_file, model_id, parse_model_id
+
+    assert len(HF_MODEL_ID_TO_FILENAMES) == 8
+    for repo_id, (config, filename) in HF_MODEL_ID_TO_FILENAMES.items():
+        version, size = parse_model_id(repo_id)
+        assert (packaged_config(version, size), checkpoint_file(version, size)) == (
+            config,
+            filename,
+        )
+        assert model_id(version, size) == repo_id
+    assert parse_model_id("facebook/sam2.1-hiera-base-plus") == ("sam2.1", "base_plus")
+    assert parse_model_id("facebook/sam2-hiera-small") == ("sam2.0", "small")
+    assert parse_model_id("facebook/sam-vit-huge") is None
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(usam):
+    """The fixture's random weights as a SAM 2 checkpoint file's bytes."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": usam.sam.model.state_dict()}, buf)
+    return buf.getvalue()
+
+
+def test_from_pretrained_takes_a_hub_id_from_the_cache_without_network(
+    tmp_path, monkeypatch, usam, bundles, tiny_checkpoint
+):
+    fill_hub_cache(
+        tmp_path / "hub", "facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny.pt", tiny_checkpoint
+    )
+    offline_hub(monkeypatch, tmp_path / "hub")
+    loaded = UncertainSAM.from_pretrained(
+        "facebook/sam2.1-hiera-tiny", estimators=bundles, image_size=128, device="cpu"
+    )
+    assert (loaded.sam.size, loaded.sam.version, loaded.sam.random_weights) == (
+        "tiny",
+        "sam2.1",
+        False,
+    )
+    loaded.set_image(make_image())
+    a, b = loaded.predict(POINTS, LABELS), usam.predict(POINTS, LABELS)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    for t in b.estimates:
+        np.testing.assert_allclose(a.estimates[t], b.estimates[t], atol=1e-6)
+    loaded.sam.remove_hooks()
+
+
+def test_a_hub_file_that_does_not_match_the_hubs_sha256_is_refused(
+    tmp_path, monkeypatch, tiny_checkpoint
+):
+    sha = fill_hub_cache(
+        tmp_path / "hub", "facebook/sam2-hiera-tiny", "sam2_hiera_tiny.pt", tiny_checkpoint
+    )
+    blob = tmp_path / "hub/models--facebook--sam2-hiera-tiny/blobs" / sha
+    blob.write_bytes(tiny_checkpoint[:-10])  # truncated after the download
+    offline_hub(monkeypatch, tmp_path / "hub")
+    with pytest.raises(UsamError, match=f"expected the pinned {sha}"):
+        UncertainSAM.from_pretrained("facebook/sam2-hiera-tiny", image_size=128, device="cpu")
+
+
+def test_hub_ids_not_cached_offline_or_unknown_are_usam_errors(tmp_path, monkeypatch):
+    offline_hub(monkeypatch, tmp_path / "empty")
+    with pytest.raises(UsamError, match="sam2.1_hiera_large.pt is not in the Hugging Face cache"):
+        UncertainSAM.from_pretrained("facebook/sam2.1-hiera-large")
+    with pytest.raises(UsamError, match="neither a checkpoint file here nor a SAM 2 model id"):
+        UncertainSAM.from_pretrained("someone/sam2-finetuned")
+    # a missing relative checkpoint file is a missing file, not a hub id
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsamError, match="sam2.1_hiera_tiny.pt not found; get it with"):
+        UncertainSAM.from_pretrained("checkpoints/sam2.1_hiera_tiny.pt")
+
+
+def test_estimators_from_a_published_folder_and_usam_bundles_together(tmp_path, bundles):
+    from published import published_forward, published_state, write_published
+
+    folder = write_published(tmp_path, "sam2.1", {"iou_unsupervised": 3, "prompt_gap": 4})
+    u = UncertainSAM.from_pretrained(
+        None,
+        estimators=[folder, bundles],
+        size="tiny",
+        random_weights=True,
+        image_size=128,
+        device="cpu",
+    )
+    assert sorted(u.predictors) == [
+        "iou_tiny",
+        "model_gap",
+        "prompt_gap",
+        "task_gap",
+        "unsupervised_iou",
+    ]
+    assert u.predictors["prompt_gap"].pairing == "published"
+    assert u.predictors["iou_tiny"].pairing == "usam"
+    x = torch.randn(5, 512)
+    want = published_forward(published_state(4), x) - 0.5
+    torch.testing.assert_close(u.predictors["prompt_gap"](x), want, rtol=0, atol=1e-6)
+    with pytest.raises(UsamError, match=r"\['iou_tiny', 'model_gap', 'task_gap'\] already come"):
+        UncertainSAM.from_pretrained(
+            None, estimators=[bundles, bundles], size="tiny", random_weights=True
+        )
+    with pytest.raises(UsamError, match="not both"):
+        UncertainSAM.from_pretrained(None, bundles, estimators=bundles, size="tiny")
+    u.sam.remove_hooks()

@@ -1,20 +1,24 @@
-"""python -m usam.download_checkpoints sam_model=sam2.1 [sam_model.sizes=[tiny,large]]
+"""python -m usam.download_checkpoints sam_model=sam2.1 [sam_model.sizes=[tiny,large]] [source=hf]
 
 Downloads the checkpoint of each size in `sam_model.sizes` into `sam_model.checkpoint_dir`,
 verifying `sam_model.sha256[size]` when pinned and recording the digest beside the file
 (`<name>.sha256`) for the loader to check. Complete files are skipped; a rerun resumes.
+`source=hf` fetches the same files from the Hugging Face hub (facebook/sam2.1-hiera-<size>,
+as SAM 2's from_pretrained does: the hub's cache, resume, its SHA-256) and copies them there.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from usam import CONF_DIR
+from usam import CONF_DIR, hub
 from usam.cli import run_stage, save_run
 from usam.download import (
     download,
@@ -23,11 +27,37 @@ from usam.download import (
     read_sidecar,
     record_sidecar,
     safe_join,
+    sidecar_path,
 )
 from usam.errors import UsamError
-from usam.storage import write_json
+from usam.storage import atomic_path, write_json
 
 log = logging.getLogger(__name__)
+
+
+def from_hub(
+    version: str, size: str, dest: Path, pinned: str | None, *, local_files_only: bool = False
+) -> Path:
+    """Fetch through the hub's cache, check the hub's and the pinned SHA-256, copy to `dest`
+    with its sidecar (sidecar first, as `download` does: no unverified-looking `dest`)."""
+    src, _, _, hub_sha = hub.download(
+        hub.model_id(version, size), local_files_only=local_files_only
+    )
+    digest = file_sha256(src)
+    for want, what in ((hub_sha, "the hub recorded"), (pinned, "pinned")):
+        if want and digest != want:
+            raise UsamError(
+                f"{src}: sha256 is {digest} but {what} {want}; delete it from the Hugging Face "
+                "cache (hf cache delete) and run again"
+            )
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+        side = sidecar_path(dest)
+        side_tmp = side.with_name(side.name + ".tmp")
+        side_tmp.write_text(digest + "\n")
+        os.replace(side_tmp, side)
+    log.info("%s: copied from the hub cache (%s), sha256 %s", dest, src, digest)
+    return dest
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -36,6 +66,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise UsamError(
             "sam_model with random_weights=true (sam_model=random) uses seeded random weights and "
             "needs no download; choose sam_model=sam2.1 or sam_model=sam2.0"
+        )
+    if cfg.source not in ("meta", "hf"):
+        raise UsamError(
+            f"source={cfg.source}: use meta (sam_model.urls) or hf (the Hugging Face hub)"
         )
     out = Path(sm.checkpoint_dir)
     pins = sm.get("sha256") or {}
@@ -48,11 +82,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
         dest = safe_join(out, sm.checkpoints[size])
         pinned = pins.get(size)
-        entry = {"size": size, "path": str(dest), "url": sm.urls[size], "pinned": bool(pinned)}
+        url = sm.urls[size]
+        if cfg.source == "hf":
+            url = f"hf://{hub.model_id(sm.version, size)}/{sm.checkpoints[size]}"
+        entry = {"size": size, "path": str(dest), "url": url, "pinned": bool(pinned)}
         try:
             if is_complete(dest, pinned):
                 entry["status"] = "skipped"
                 log.info("%s: already complete", dest)
+            elif cfg.source == "hf":
+                from_hub(sm.version, size, dest, pinned, local_files_only=cfg.local_files_only)
+                entry["status"] = "downloaded"
             else:
                 download(
                     sm.urls[size], dest, sha256=pinned, retries=cfg.retries, timeout=cfg.timeout

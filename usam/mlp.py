@@ -44,6 +44,14 @@ TARGETS: dict[str, float] = {
     "task_gap": 0.5,
     "prompt_gap": 0.5,
 }
+# Which decoder mask token an MLP reads for an output mask (SPEC "Token pairing"). SAM 2's mask
+# decoder has four mask tokens; multimask output j is made by token j+1, the single-mask output
+# by token 0 (or, with dynamic multimask-via-stability, by the token of the best multimask
+# output). "usam": the MLP reads the token that made the mask. "published": the published
+# estimators were trained with multimask output j on token j, one token early; for a mask of
+# token 0 they read token 0, as the published code did. A bundle without the field is usam's.
+PAIRINGS = ("usam", "published")
+DEFAULT_PAIRING = "usam"
 
 
 class UsamMLP(nn.Module):
@@ -93,6 +101,7 @@ def save_bundle(directory: str | Path, model: UsamMLP, config: dict[str, Any]) -
     config = {
         "schema": BUNDLE_SCHEMA,
         "kind": "usam.predictor",
+        "token_pairing": DEFAULT_PAIRING,
         **config,
         "architecture": model.architecture(),
         "weights_sha256": digest,
@@ -122,6 +131,11 @@ def load_bundle(
             f"{config_path}: not a usam predictor config of schema {BUNDLE_SCHEMA} "
             f"(kind={config.get('kind')!r}, schema={config.get('schema')!r}); retrain with this version"
         )
+    if token_pairing(config) not in PAIRINGS:
+        raise UsamError(
+            f"{config_path}: token_pairing {config['token_pairing']!r} is unknown; "
+            f"use one of {', '.join(PAIRINGS)}"
+        )
     arch = config.get("architecture", {})
     if arch.get("type") != "mlp":
         raise UsamError(f"{config_path}: unknown architecture {arch.get('type')!r}")
@@ -146,6 +160,24 @@ def load_bundle(
     return model.to(device).eval(), config
 
 
+def token_pairing(config: dict[str, Any]) -> str:
+    """The bundle's token pairing; bundles written before the field existed are usam's."""
+    return config.get("token_pairing") or DEFAULT_PAIRING
+
+
+def paired_token(source: torch.Tensor, pairing: str) -> torch.Tensor:
+    """Index of the decoder mask token an MLP of `pairing` reads for masks made by token `source`.
+
+    usam: the token itself. published: one token early (multimask output j, made by token
+    j+1, read token j in the published training), and token 0 for token 0's own mask.
+    """
+    if pairing == "usam":
+        return source
+    if pairing == "published":
+        return (source - 1).clamp(min=0)
+    raise UsamError(f"token pairing {pairing!r} is unknown; use one of {', '.join(PAIRINGS)}")
+
+
 class Predictor(nn.Module):
     """A trained MLP with its target's shift undone: tokens in, target values out."""
 
@@ -154,6 +186,7 @@ class Predictor(nn.Module):
         self.model, self.config = model, config
         self.target: str = config["target"]
         self.shift = float(config.get("output_shift", 0.0))
+        self.pairing = token_pairing(config)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Predictor:

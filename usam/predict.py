@@ -173,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     usam = build(cfg)
     usam.set_image(image)
-    pred = usam.predict(**prompt)
+    pred = usam.predict(**prompt, multimask_output=bool(cfg.get("multimask_output", True)))
     sam = usam.sam
     random_bundles = sorted(t for t, p in usam.predictors.items() if p.config.get("random_weights"))
     title = [f"{sam.version} {sam.size}"]

@@ -3,8 +3,11 @@
 `UncertainSAM.predict` takes SAM 2's prompts (points, boxes, low-res mask inputs; one prompt
 or a batch) and returns SAM 2's three masks and scores plus, per mask, every bundle's
 estimate. The estimates come from the decoder tokens of that same pass, read by the hooks
-of `usam.sam.SamModel`: no second decoder forward. Mask j pairs with mask token j+1
-(SPEC "Token pairing"), so the MLP sees [iou_token, mask_token_{j+1}] as in training.
+of `usam.sam.SamModel`: no second decoder forward. Each bundle reads the mask token its
+training paired with the mask (`usam.mlp.paired_token`): usam's bundles the token that made
+the mask (multimask output j: token j+1), the published estimators one token early. With
+multimask_output=False the one returned mask is estimated from the token that made it (token
+0, or the best multimask token where SAM 2's dynamic multimask-via-stability chose it).
 
     usam = UncertainSAM.from_pretrained("checkpoints/sam2.1/sam2.1_hiera_tiny.pt", "models")
     usam.set_image(rgb)                                   # H x W x 3 uint8
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +28,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from usam import CONF_DIR
+from usam import CONF_DIR, hub
 from usam.errors import UsamError
-from usam.mlp import TARGETS, Predictor, UsamMLP
+from usam.hub import looks_like_model_id
+from usam.mlp import PAIRINGS, TARGETS, Predictor, UsamMLP, paired_token
 from usam.sam import SamModel, load_sam_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -47,12 +51,14 @@ class Prediction:
     [B, 1, h, w]) give a leading B, also when B == 1.
     """
 
-    masks: np.ndarray  # bool [..., 3, H, W] at the image's size
-    scores: np.ndarray  # float32 [..., 3] SAM's own IoU guess per mask
-    low_res_logits: np.ndarray  # float32 [..., 3, h, w] (feed one back as mask_input)
-    estimates: dict[str, np.ndarray] = field(default_factory=dict)  # target -> float32 [..., 3]
+    masks: np.ndarray  # bool [..., M, H, W] at the image's size; M = 3 (multimask) or 1
+    scores: np.ndarray  # float32 [..., M] SAM's own IoU guess per mask
+    low_res_logits: np.ndarray  # float32 [..., M, h, w] (feed one back as mask_input)
+    estimates: dict[str, np.ndarray] = field(default_factory=dict)  # target -> float32 [..., M]
     iou_token: np.ndarray | None = None  # float32 [..., 256]
-    mask_tokens: np.ndarray | None = None  # float32 [..., 3, 256], row j made mask j
+    mask_tokens: np.ndarray | None = None  # float32 [..., M, 256], row j made mask j
+    # int64 [..., M]: the decoder mask token (0..3) that made each mask
+    mask_token_index: np.ndarray | None = None
 
     @property
     def best(self) -> np.ndarray | int:
@@ -164,6 +170,45 @@ def check_trained_on(
             f"{against} is SAM {'+'.join(other)}: use that size or bundles trained on "
             f"{'+'.join(other)} tokens"
         )
+
+
+def load_estimators(
+    directories: str | Path | Sequence[str | Path],
+    *,
+    targets: list[str] | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Predictor]:
+    """Estimators from one folder or several: usam bundles (`load_predictors`) or a published
+    models/mlps/sam2.X folder of <name>/model.pth (read in memory, published pairing; import
+    it once with python -m usam.import_published to keep it as bundles). One per target."""
+    from usam.import_published import load_published
+
+    dirs = [directories] if isinstance(directories, (str, Path)) else list(directories)
+    predictors: dict[str, Predictor] = {}
+    for d in map(Path, dirs):
+        if d.is_dir() and any(d.glob("*/model.pth")) and not any(d.glob("*/config.json")):
+            found = {p.target: p.to(device) for p in load_published(d).values()}
+        else:
+            found = load_predictors(d, device=device)
+        twice = sorted(set(found) & set(predictors))
+        if twice:
+            raise UsamError(f"{d}: {twice} already come from another estimator folder; keep one")
+        predictors.update(found)
+    if targets is not None:
+        missing = [t for t in targets if t not in predictors]
+        if missing:
+            raise UsamError(f"{', '.join(map(str, dirs))}: no estimator for {missing}")
+        return {t: predictors[t] for t in targets}
+    return predictors
+
+
+def pairing_heads(predictors: Mapping[str, Predictor]) -> dict[str, StackedPredictors]:
+    """One stacked evaluation per token pairing (their inputs differ): pairing -> heads."""
+    groups = {
+        pairing: {t: p for t, p in predictors.items() if p.pairing == pairing}
+        for pairing in PAIRINGS
+    }
+    return {pairing: StackedPredictors(g) for pairing, g in groups.items() if g}
 
 
 def check_compatible(sam: SamModel, predictors: Mapping[str, Predictor]) -> None:
@@ -284,6 +329,11 @@ def check_prompt_geometry(
                 )
 
 
+def _gather_tokens(all_tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """all_tokens [B, 4, C], index [B, M] -> [B, M, C]: token index[b, m] of prompt b."""
+    return all_tokens.gather(1, index[..., None].expand(-1, -1, all_tokens.shape[-1]))
+
+
 class UncertainSAM:
     """A SamModel plus a set of USAM predictors: SAM 2's prompts in, masks + estimates out."""
 
@@ -292,14 +342,15 @@ class UncertainSAM:
         self.predictors = {t: p.to(sam.device).eval() for t, p in predictors.items()}
         if check:
             check_compatible(sam, self.predictors)
-        self.heads = StackedPredictors(self.predictors)
+        self.heads = pairing_heads(self.predictors)
 
     @classmethod
     def from_pretrained(
         cls,
         checkpoint: str | Path | None,
-        bundles_dir: str | Path | None,
+        bundles_dir: str | Path | None = None,
         *,
+        estimators: str | Path | Sequence[str | Path] | None = None,
         size: str | None = None,
         config: str | Path | None = None,
         version: str | None = None,
@@ -310,13 +361,28 @@ class UncertainSAM:
         batch_size: int | None = None,
         random_weights: bool = False,
         seed: int = 0,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
     ) -> UncertainSAM:
-        """SAM 2 from `checkpoint` with the bundles in `bundles_dir` (None: SAM alone).
+        """SAM 2 from `checkpoint` with the estimators in `estimators` (None: SAM alone).
 
-        Size and version default to what Meta's file name says (sam2.1_hiera_tiny.pt);
-        `config` defaults to the sam2 package's config for them. `random_weights=True`
-        builds seeded random SAM weights instead (tests only; needs `size`).
+        `checkpoint` is a file, or a SAM 2 model id on the Hugging Face hub as SAM 2's own
+        `from_pretrained` takes it ("facebook/sam2.1-hiera-large": downloaded once into the
+        hub's cache, verified against the hub's SHA-256). `estimators` (or the positional
+        `bundles_dir`) is a folder of usam bundles, a published models/mlps/sam2.X folder, or
+        a list of such folders. Size and version default to what the id or Meta's file name
+        says (sam2.1_hiera_tiny.pt); `config` defaults to the sam2 package's config for them.
+        `random_weights=True` builds seeded random SAM weights instead (tests only).
         """
+        if bundles_dir is not None and estimators is not None:
+            raise UsamError("give the estimators once: bundles_dir or estimators=, not both")
+        estimators = bundles_dir if estimators is None else estimators
+        if checkpoint is not None and not random_weights and looks_like_model_id(checkpoint):
+            # the cached file keeps Meta's name (sam2.1_hiera_large.pt): size and version follow
+            checkpoint, _, _, hub_sha = hub.download(
+                str(checkpoint), cache_dir=cache_dir, local_files_only=local_files_only
+            )
+            sha256 = sha256 or hub_sha
         named_version, named_size = parse_checkpoint_name(checkpoint or "")
         for given, named, what in ((size, named_size, "size"), (version, named_version, "version")):
             if given is not None and named is not None and given != named:
@@ -340,7 +406,7 @@ class UncertainSAM:
                 )
         dev = resolve_device(device)
         # bundles first: a bad directory fails in milliseconds, not after building SAM
-        predictors = {} if bundles_dir is None else load_predictors(bundles_dir, targets=targets)
+        predictors = {} if estimators is None else load_estimators(estimators, targets=targets)
         sam = load_sam_model(
             size,
             None if random_weights else checkpoint,
@@ -378,14 +444,10 @@ class UncertainSAM:
         Prompts as in SAM2ImagePredictor.predict: points (x, y) in image pixels with labels
         (1 foreground, 0 background, -1 ignored; default all 1), boxes XYXY in pixels,
         mask_input = low-res logits of an earlier prediction. Batched when any prompt has
-        the batch dimension (see `Prediction`). Only multimask_output=True: the MLPs were
-        trained on the tokens of those three masks; `Prediction.best` picks one.
+        the batch dimension (see `Prediction`). multimask_output=False returns SAM 2's one
+        mask (token 0's, or the best multimask output where token 0's is unstable) with the
+        estimates for that mask, from the token that made it.
         """
-        if not multimask_output:
-            raise UsamError(
-                "UncertainSAM.predict supports multimask_output=True only: the USAM MLPs were "
-                "trained on the tokens of SAM's three masks; use Prediction.best for one mask"
-            )
         if not self.sam.predictor._is_image_set:
             raise UsamError("UncertainSAM.predict called before set_image")
         points, labels, boxes, masks_in, batched = self._prompts(
@@ -400,6 +462,7 @@ class UncertainSAM:
                 None if labels is None else labels[lo : lo + bs],
                 None if boxes is None else boxes[lo : lo + bs],
                 None if masks_in is None else masks_in[lo : lo + bs],
+                multimask_output=bool(multimask_output),
             )
             for lo in range(0, n, bs)
         ]
@@ -417,6 +480,7 @@ class UncertainSAM:
             estimates={t: np_(v) for t, v in est.items()},
             iou_token=np_(out["iou_token"]) if return_tokens else None,
             mask_tokens=np_(out["mask_tokens"]) if return_tokens else None,
+            mask_token_index=np_(out["mask_token_index"]),
         )
 
     def _prompts(self, point_coords, point_labels, box, mask_input):
@@ -482,26 +546,46 @@ class UncertainSAM:
         labels: np.ndarray | None,
         boxes: np.ndarray | None,
         mask_input: np.ndarray | None,
+        *,
+        multimask_output: bool = True,
     ) -> dict[str, Any]:
         """One decoder call for a batch of B prompts (already batched); tensors on the device.
 
-        Keys: masks [B, 3, H, W], scores [B, 3], low_res_logits [B, 3, h, w], iou_token
-        [B, C], mask_tokens [B, 3, C], estimates {target: [B, 3]}.
+        Keys: masks [B, M, H, W], scores [B, M], low_res_logits [B, M, h, w], iou_token
+        [B, C], mask_tokens [B, M, C] (the tokens that made the masks), mask_token_index
+        [B, M], estimates {target: [B, M]}; M = 3 with multimask_output, else 1.
         """
-        dec, low_res = self.sam.decode_once(points, labels, boxes, mask_input)
-        b = len(dec.scores)
-        with torch.inference_mode():
-            # row (prompt i, mask j) = [iou_token_i, mask_token_{i, j+1}], the training layout
-            x = torch.cat([dec.iou_token[:, None].expand_as(dec.mask_tokens), dec.mask_tokens], -1)
-            values = self.heads(x.reshape(b * 3, -1)).float().view(-1, b, 3)
+        dec = self.sam.decode_tokens(
+            points, labels, boxes, mask_input, multimask_output=multimask_output
+        )
         return {
             "masks": dec.masks,
             "scores": dec.scores,
-            "low_res_logits": low_res,
+            "low_res_logits": dec.low_res_logits,
             "iou_token": dec.iou_token,
-            "mask_tokens": dec.mask_tokens,
-            "estimates": dict(zip(self.heads.targets, values, strict=True)),
+            "mask_tokens": _gather_tokens(dec.all_mask_tokens, dec.source),
+            "mask_token_index": dec.source,
+            "estimates": self.estimate(dec.iou_token, dec.all_mask_tokens, dec.source),
         }
+
+    def estimate(
+        self, iou_token: torch.Tensor, all_mask_tokens: torch.Tensor, source: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Every bundle's value per mask, {target: [B, M]} in the bundles' order.
+
+        iou_token [B, C], all_mask_tokens [B, 4, C] (decoder mask tokens 0..3), source
+        [B, M] (the token that made each mask); each bundle reads the token its pairing names.
+        """
+        b, m = source.shape
+        estimates = {}
+        with torch.inference_mode():
+            for pairing, heads in self.heads.items():
+                # row (prompt i, mask j) = [iou_token_i, the token this pairing reads for mask j]
+                tokens = _gather_tokens(all_mask_tokens, paired_token(source, pairing))
+                x = torch.cat([iou_token[:, None].expand_as(tokens), tokens], -1)
+                values = heads(x.reshape(b * m, -1)).float().view(-1, b, m)
+                estimates.update(zip(heads.targets, values, strict=True))
+        return {t: estimates[t] for t in self.predictors}
 
     def __repr__(self) -> str:
         return f"UncertainSAM({self.sam!r}, predictors={sorted(self.predictors)})"

@@ -241,6 +241,63 @@ class Decoded:
     mask_tokens: torch.Tensor
 
 
+@dataclass
+class DecodedTokens:
+    """One decoder call with every mask token: what single-mask output and either token
+    pairing need (usam.mlp.paired_token). M = 3 masks with multimask_output, else 1."""
+
+    masks: torch.Tensor  # bool [B, M, H, W] at the original image size
+    scores: torch.Tensor  # float32 [B, M] SAM's predicted IoU per mask
+    low_res_logits: torch.Tensor  # float32 [B, M, h, w]
+    iou_token: torch.Tensor  # float32 [B, C]
+    all_mask_tokens: torch.Tensor  # float32 [B, 4, C]: decoder mask tokens 0..3
+    source: torch.Tensor  # int64 [B, M]: the decoder mask token that made each returned mask
+
+
+def single_mask_source(captured: Mapping[Any, torch.Tensor], b: int, device) -> torch.Tensor:
+    """[B] index of the decoder token whose mask SAM 2 returned with multimask_output=False.
+
+    Token 0 unless the dynamic multimask-via-stability choice (recorded by SamModel's watch)
+    returned one of tokens 1..3: found as the token whose logits equal the returned ones
+    (SAM 2 selects with torch.where, so the chosen mask is an exact copy).
+    """
+    if "chosen_logits" not in captured:  # no dynamic choice configured: token 0's mask
+        return torch.zeros(b, dtype=torch.long, device=device)
+    all_logits, chosen = captured["all_logits"], captured["chosen_logits"]
+    same = (all_logits == chosen).flatten(2).all(-1)  # [B, 4]
+    if not bool(same.any(-1).all()):
+        raise UsamError(
+            "SAM 2's single-mask output equals none of its four token masks; "
+            "this sam2 version is not supported for multimask_output=False"
+        )
+    # identical logits of token 0 and another (never seen in practice): token 0, SAM's default
+    return torch.where(same[:, 0], 0, same[:, 1:].float().argmax(-1) + 1).long()
+
+
+def captured_tokens(
+    captured: Mapping[Any, torch.Tensor], b: int, multimask_output: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(iou_token [B, C], mask tokens 0..3 [B, 4, C], source [B, M]) of one captured decoder
+    call of B prompts; source = the token that made each returned mask."""
+    missing = [k for k in ["iou", *range(N_MASK_TOKENS)] if k not in captured]
+    if missing:
+        raise UsamError(
+            f"the sam2 mask decoder did not call {missing} (iou_prediction_head / "
+            "output_hypernetworks_mlps) during decoding; this sam2 version is not supported"
+        )
+    tokens = torch.stack([captured[i] for i in range(N_MASK_TOKENS)], dim=1).float()
+    if tokens.shape[0] != b:
+        raise UsamError(
+            f"captured {tokens.shape[0]} sets of decoder tokens for {b} prompts: one decoder "
+            "call per capture, please"
+        )
+    if multimask_output:
+        source = torch.arange(1, N_MASK_TOKENS, device=tokens.device).expand(b, -1)
+    else:
+        source = single_mask_source(captured, b, tokens.device)[:, None]
+    return captured["iou"].float(), tokens, source
+
+
 class SamModel:
     """One SAM 2 size: `set_image` runs the encoder once, `decode` answers any number of prompts."""
 
@@ -316,14 +373,46 @@ class SamModel:
 
             return hook
 
+        self._watch_single_mask_choice(decoder)
         return [head.register_forward_pre_hook(grab("iou"), with_kwargs=True)] + [
             mlp.register_forward_pre_hook(grab(i), with_kwargs=True) for i, mlp in enumerate(mlps)
         ]
+
+    def _watch_single_mask_choice(self, decoder: torch.nn.Module) -> None:
+        """Record the in- and output of the decoder's dynamic multimask-via-stability choice.
+
+        With multimask_output=False SAM 2 returns token 0's mask unless it is unstable, then
+        the best multimask output (`MaskDecoder._dynamic_multimask_via_stability`). Which
+        token made the returned mask is read off its own answer (`single_mask_source`), so
+        no part of that rule is copied. Wrapped on this decoder instance only; a second
+        SamModel on the same model wraps this wrapper (each records into its own capture).
+        """
+        choose = getattr(decoder, "_dynamic_multimask_via_stability", None)
+        self._choice_watch = None
+        if choose is None:
+            return
+
+        def watched(all_logits, all_scores):
+            logits, scores = choose(all_logits, all_scores)
+            if self._captured is not None:
+                self._captured["all_logits"], self._captured["chosen_logits"] = all_logits, logits
+            return logits, scores
+
+        watched.wrapped = vars(decoder).get("_dynamic_multimask_via_stability")
+        decoder._dynamic_multimask_via_stability = self._choice_watch = watched
 
     def remove_hooks(self) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        decoder, watch = self.model.sam_mask_decoder, self._choice_watch
+        # unwrap if ours is the outermost wrapper (else it stays, recording nothing: no capture)
+        if watch is not None and vars(decoder).get("_dynamic_multimask_via_stability") is watch:
+            if watch.wrapped is None:
+                del decoder._dynamic_multimask_via_stability  # the class's method again
+            else:
+                decoder._dynamic_multimask_via_stability = watch.wrapped
+            self._choice_watch = None
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -432,6 +521,44 @@ class SamModel:
             mask_tokens=torch.stack([captured[j + 1] for j in range(3)], dim=1).float(),
         )
         return decoded, low_res
+
+    def decode_tokens(
+        self,
+        points: np.ndarray | torch.Tensor | None,
+        labels: np.ndarray | torch.Tensor | None,
+        boxes: np.ndarray | torch.Tensor | None = None,
+        mask_input: np.ndarray | torch.Tensor | None = None,
+        *,
+        multimask_output: bool = True,
+    ) -> DecodedTokens:
+        """One decoder call for batched prompts, with all four mask tokens and, per returned
+        mask, the token that made it (three masks with multimask_output, else one)."""
+        p = self.predictor
+        with self.capture() as captured, torch.inference_mode(), self._autocast():
+            mask_in, coords, lab, box = p._prep_prompts(
+                points, labels, boxes, mask_input, normalize_coords=True
+            )
+            masks, scores, low_res = p._predict(
+                coords, lab, box, mask_in, multimask_output=multimask_output, return_logits=False
+            )
+        iou_token, tokens, source = captured_tokens(captured, len(scores), multimask_output)
+        return DecodedTokens(
+            masks=masks.bool(),
+            scores=scores.float(),
+            low_res_logits=low_res.float(),
+            iou_token=iou_token,
+            all_mask_tokens=tokens,
+            source=source,
+        )
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[dict]:
+        """Record the tokens of the decoder calls inside the block (read with captured_tokens)."""
+        self._captured = {}
+        try:
+            yield self._captured
+        finally:
+            self._captured = None
 
     def _empty(self) -> Decoded:
         h, w = self.predictor._orig_hw[0]

@@ -44,12 +44,10 @@ from omegaconf import OmegaConf
 
 from usam.errors import UsamError
 from usam.measures import entropy, mixture, score_weights
-from usam.mlp import Predictor
+from usam.mlp import Predictor, paired_token
 from usam.sam import load_checkpoint, model_config, resolve_device
 
 log = logging.getLogger(__name__)
-
-PAIRINGS = ("usam", "published")  # bundle config `token_pairing`; absent = "usam"
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 FRAME_SUFFIXES = {".jpg", ".jpeg"}
@@ -371,7 +369,7 @@ class VideoUSAM:
         keep_tokens: bool = False,
         check: bool = True,
     ):
-        from usam.predictor import StackedPredictors, check_compatible
+        from usam.predictor import check_compatible, pairing_heads
 
         self.model = model  # the SAM2VideoPredictor
         self.size, self.version = size, version
@@ -385,18 +383,7 @@ class VideoUSAM:
         elif self.random_weights:
             log.warning("SAM 2 has RANDOM weights: masks, scores and estimates mean nothing")
         self.targets = list(self.predictors)
-        # one stacked pass per token pairing (bundle config `token_pairing`): "usam" reads the
-        # token that made the mask, "published" one token early (SPEC "The published estimators")
-        groups: dict[str, dict[str, Predictor]] = {}
-        for t, p in self.predictors.items():
-            pairing = p.config.get("token_pairing") or "usam"
-            if pairing not in PAIRINGS:
-                raise UsamError(
-                    f"predictor {t!r}: token_pairing {pairing!r} is unknown; use one of "
-                    f"{', '.join(PAIRINGS)}"
-                )
-            groups.setdefault(pairing, {})[t] = p
-        self.heads = {pairing: StackedPredictors(g) for pairing, g in groups.items()}
+        self.heads = pairing_heads(self.predictors)  # usam.mlp.paired_token per pairing
         self._call: dict[str, Any] | None = None  # decoder outputs inside one frame inference
         self._records: dict[tuple[int, int], ObjectScores] = {}  # (frame, obj_idx) -> scores
         # (frame, obj_idx) -> (IoU token, four mask tokens, kept token): estimates not yet run
@@ -545,7 +532,7 @@ class VideoUSAM:
         rows = torch.arange(len(source), device=source.device)
         out = {}
         for pairing, heads in self.heads.items():
-            read = source if pairing == "usam" else (source - 1).clamp(min=0)
+            read = paired_token(source, pairing)
             x = torch.cat([iou_token, tokens[rows, read]], -1)
             out.update(zip(heads.targets, heads(x).float().cpu().numpy(), strict=True))
         return {t: out[t] for t in self.targets}
