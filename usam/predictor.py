@@ -204,6 +204,12 @@ def load_estimators(
 
 def pairing_heads(predictors: Mapping[str, Predictor]) -> dict[str, StackedPredictors]:
     """One stacked evaluation per token pairing (their inputs differ): pairing -> heads."""
+    for t, p in predictors.items():
+        if p.pairing not in PAIRINGS:
+            raise UsamError(
+                f"predictor {t!r}: token_pairing {p.pairing!r} is unknown; use one of "
+                f"{', '.join(PAIRINGS)}"
+            )
     groups = {
         pairing: {t: p for t, p in predictors.items() if p.pairing == pairing}
         for pairing in PAIRINGS
