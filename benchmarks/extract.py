@@ -23,11 +23,10 @@ import torch
 from hydra.utils import instantiate
 
 from usam.datasets.base import Sample
-from usam.extract import FIELDS, Extractor, ImageStats, RecordWriter
+from usam.extract import Extractor, ImageStats, RecordWriter
 from usam.prompts import instance_rng, prompt_points
 from usam.sam import SamModels
-
-SIZES = ("tiny", "small", "base_plus", "large")
+from usam.schema import FIELDS, SIZES
 
 
 def synthetic_images(n: int, instances: int, size: tuple[int, int], seed: int = 0) -> list[Sample]:

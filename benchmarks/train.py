@@ -27,10 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from usam.schema import SIZES
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from records import make_record, write_record  # noqa: E402
 
-MODELS = ("tiny", "small", "base_plus", "large")
+MODELS = SIZES
 
 
 def build_container(root: Path, rows: int, instances: int = 10, templates: int = 16) -> Path:
@@ -138,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from usam.mlp import TARGETS
+    from usam.schema import TARGETS
     from usam.train import Objective, Trainer, paper_hyperparameters
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="usam-train-bench-"))

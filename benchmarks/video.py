@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from usam.mlp import TARGETS, UsamMLP, save_bundle
+from usam.mlp import UsamMLP, save_bundle
 from usam.predictor import load_predictors
+from usam.schema import SIZES, TARGETS
 from usam.video import VideoUSAM, _float_memory, build_video_model
 
 
@@ -85,7 +86,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--size", default="tiny", choices=["tiny", "small", "base_plus", "large"])
+    p.add_argument("--size", default="tiny", choices=SIZES)
     p.add_argument("--checkpoint", default=None, help="SAM 2 checkpoint; default: random weights")
     p.add_argument("--predictors", default=None, help="bundle dir; default: 9 untrained MLPs")
     p.add_argument("--image-size", type=int, default=256, help="SAM input size (1024 = its own)")

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from usam.overrides import override, quoted_list
+from usam.schema import SIZES
 
 DATASETS = {
     "davis": "davis",
@@ -40,7 +41,6 @@ SPLITS = {
     "test": "test",
     "test-dev": "test",
 }
-SIZES = ("tiny", "small", "base_plus", "large")
 
 
 def sam_version(model_root: Path) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from usam.extract import FIELDS
+from usam.schema import FIELDS
 from usam.storage import write_json, write_tensors
 
 MODELS = ("tiny", "small", "base_plus", "large")

@@ -9,6 +9,8 @@ from conftest import CONF
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from usam.schema import TARGETS
+
 ROOTS = sorted(p.stem for p in CONF.glob("*.yaml"))
 GROUPS = {  # group -> its options (files directly in the folder; subfolders hold shared bases)
     d.name: sorted(p.stem for p in d.glob("*.yaml"))
@@ -27,7 +29,7 @@ def groups_of(cfg) -> list[str]:
 def test_the_discovery_sees_every_stage_and_group():
     assert {"extract", "container", "train", "evaluate", "pipeline"} <= set(ROOTS)
     assert {"dataset", "sam_model", "augment", "predictor", "hpo"} <= set(GROUPS)
-    assert len(GROUPS["predictor"]) == 9 and "base" not in GROUPS["predictor"]
+    assert GROUPS["predictor"] == sorted(TARGETS)  # one option per target of usam.schema
 
 
 @pytest.mark.parametrize("root", ROOTS)

@@ -19,8 +19,9 @@ from usam.container import ContainerWriter
 from usam.containers import Container
 from usam.errors import UsamError
 from usam.evaluate import Evaluator, run
-from usam.mlp import TARGETS, UsamMLP, save_bundle
+from usam.mlp import UsamMLP, save_bundle
 from usam.protocol import write_seen
+from usam.schema import TARGETS
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS, INSTANCES = 20, 3  # 60 instances per model

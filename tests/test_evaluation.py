@@ -24,7 +24,7 @@ from usam.evaluation import (
     random_curve,
     relative_auc,
 )
-from usam.mlp import TARGETS
+from usam.schema import TARGETS
 
 # 4 samples: gains 0.1, 0.6, 0, 0; mean cheap 0.5
 CHEAP = np.array([0.5, 0.2, 0.9, 0.4])

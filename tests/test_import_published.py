@@ -23,9 +23,10 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 from usam.cli import run_stage
 from usam.errors import UsamError
 from usam.import_published import _positional_source, read_published, run
-from usam.mlp import TARGETS, Predictor, UsamMLP, load_bundle, save_bundle
+from usam.mlp import Predictor, UsamMLP, load_bundle, save_bundle
 from usam.predictor import UncertainSAM, load_predictors
 from usam.sam import load_sam_model
+from usam.schema import TARGETS
 
 TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"
 # published folder name -> seed: every target a different MLP

@@ -19,9 +19,10 @@ from PIL import Image
 
 from usam.cli import run_stage
 from usam.errors import UsamError
-from usam.mlp import TARGETS, UsamMLP, save_bundle
+from usam.mlp import UsamMLP, save_bundle
 from usam.predict import _TINT, overlay, prompt_arrays, run
 from usam.predictor import Prediction
+from usam.schema import TARGETS
 
 H, W = 48, 64
 CONSTANT = {"iou_tiny": 0.75, "task_gap": 0.6, "model_gap": 0.5}  # MLP outputs before the shift

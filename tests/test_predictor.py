@@ -18,7 +18,7 @@ from published import DecoderTokens, fill_hub_cache, offline_hub
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from usam.errors import UsamError
-from usam.mlp import TARGETS, Predictor, UsamMLP, paired_token, save_bundle
+from usam.mlp import Predictor, UsamMLP, paired_token, save_bundle
 from usam.predictor import (
     StackedPredictors,
     UncertainSAM,
@@ -27,6 +27,7 @@ from usam.predictor import (
     parse_checkpoint_name,
 )
 from usam.sam import SamModel, load_sam_model
+from usam.schema import TARGETS
 
 TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"
 H, W = 40, 56

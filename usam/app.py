@@ -25,8 +25,8 @@ from usam import CONF_DIR, hub
 from usam.cli import run_stage, save_run
 from usam.datasets.base import read_rgb
 from usam.errors import UsamError
-from usam.mlp import TARGETS
 from usam.predictor import Prediction, UncertainSAM, load_estimators
+from usam.schema import TARGETS
 
 log = logging.getLogger(__name__)
 

@@ -39,24 +39,21 @@ from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.containers import (
     CODES,
-    FIELDS,
     PER_MODEL,
     SCHEMA,
-    TOKEN_DIM,
     Container,
     column_names,
     is_container,
 )
 from usam.errors import SampleError, UsamError
-from usam.extract import RECORD_SCHEMA  # stage 1 defines the record
 from usam.options import flag
+from usam.schema import FIELDS, RECORD_SCHEMA, SIZES, TOKEN_DIM
 from usam.storage import MismatchedPair, make_temp_dir, read_verified, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Container", "ContainerWriter", "run", "main"]
 
-MODEL_ORDER = ("tiny", "small", "base_plus", "large")
 VARIANT_ORDER = ("original", "jpeg10", "jpeg30", "noise", "blur")
 RECORD_KEYS = (
     "dataset",
@@ -379,7 +376,7 @@ class ContainerWriter:
                 self.random_weights |= bool(rec.get("random_weights", False))
                 stems.append(stem)
         self.scanned = {(d, n) for d, _, n in seen}  # the images a build would hold at most
-        self.models = _ordered(models, MODEL_ORDER)
+        self.models = _ordered(models, SIZES)
         self.variants = _ordered(variants, VARIANT_ORDER)
         self.sam_versions = sorted(versions)
         if len(versions) > 1:

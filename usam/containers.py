@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from usam.errors import UsamError
-from usam.extract import FIELDS
+from usam.schema import FIELDS
 
 SCHEMA = 1
-TOKEN_DIM = 256
 # stage-1 fields copied for every model of the container as `<field>_<model>`
 PER_MODEL = ("iou", "unsupervised_iou", "sam_score")
 # per-row int codes into a table: models/variants/datasets in meta.json, the rest in tables/

@@ -38,12 +38,12 @@ from usam.evaluation import (
 from usam.options import flag, integer, number
 from usam.protocol import container_identity, describe, group_table, read_seen, seen_rows
 from usam.sam import resolve_device
+from usam.schema import SIZES
 from usam.storage import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 REPORT_SCHEMA = 1
-MODEL_ORDER = ("tiny", "small", "base_plus", "large")  # smallest to largest
 SHORT = {
     "model_selection": "model",
     "prompt_refinement": "prompt",
@@ -188,12 +188,13 @@ class Evaluator:
                     f"{c.path}: evaluator.model={self.model!r} but the container holds {models}"
                 )
             return self.model
-        known = [m for m in MODEL_ORDER if m in models]
+        known = [m for m in SIZES if m in models]
         return known[-1] if known else models[-1]
 
     def load_predictors(self, directory: Any, container: Container) -> dict[str, Any]:
         """target -> Predictor for every bundle under `directory` (`<dir>/<target>/` or one bundle)."""
-        from usam.mlp import TARGETS, Predictor
+        from usam.mlp import Predictor
+        from usam.schema import TARGETS
 
         if directory in (None, "", "None"):
             self.note("predictors=null: USAM predictors are not evaluated, only the other measures")

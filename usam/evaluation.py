@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from usam.schema import DIRECTION, HIGH, LOW
+
 R_MAX = 0.5
 R_POINTS = 51
 
@@ -37,7 +39,6 @@ def r_grid(r_max: float = R_MAX, points: int = R_POINTS) -> np.ndarray:
 
 # ---- which scores rank which use case ---------------------------------------------------------
 # A score is "uncertain" when it is high ("high") or low ("low"); orient() makes high = uncertain.
-HIGH, LOW = "high", "low"
 
 # UQ measures read from the container's stage-1 columns (row of the model being evaluated).
 # `sam_score` stands for the SAM score of the cheap prediction, see UseCase.sam_score.
@@ -51,18 +52,8 @@ MEASURES: dict[str, str] = {
     "h_augmentation": HIGH,  # NaN without augmentations
 }
 
-# USAM predictor targets and their direction; `iou_<m>` predictors predict a model's IoU.
-PREDICTOR_DIRECTION: dict[str, str] = {
-    "iou_tiny": LOW,
-    "iou_small": LOW,
-    "iou_base_plus": LOW,
-    "iou_large": LOW,
-    "iou_dense_prompt": LOW,
-    "unsupervised_iou": LOW,
-    "model_gap": HIGH,
-    "task_gap": HIGH,
-    "prompt_gap": HIGH,
-}
+# USAM predictor targets and their direction (usam.schema.TARGET_TABLE)
+PREDICTOR_DIRECTION = DIRECTION
 
 
 @dataclass(frozen=True)

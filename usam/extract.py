@@ -26,6 +26,7 @@ from usam.datasets.base import DatasetReader, Sample
 from usam.errors import SampleError, UsamError
 from usam.measures import entropy, mask_iou, mixture, score_weights
 from usam.prompts import instance_rng, prompt_points
+from usam.schema import FIELDS, RECORD_SCHEMA  # noqa: F401  (usam.extract.FIELDS)
 from usam.storage import (
     inside,
     json_plain,
@@ -37,21 +38,6 @@ from usam.storage import (
 )
 
 log = logging.getLogger(__name__)
-
-RECORD_SCHEMA = 1
-FIELDS = (
-    "iou",
-    "sam_score",
-    "unsupervised_iou",
-    "unsupervised_sam_score",
-    "iou_dense_prompt",
-    "entropy",
-    "h_task",
-    "h_prompt",
-    "h_augmentation",
-    "h_theta",
-    "h_all",
-)
 
 
 class RecordWriter:

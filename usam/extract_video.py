@@ -38,7 +38,8 @@ from usam.cli import run_stage, save_run
 from usam.datasets.base import DatasetReader
 from usam.errors import SampleError, UsamError
 from usam.evaluate_video import ScoredFrame, VideoTrack, track_objects, videos_of
-from usam.extract import FIELDS, RecordWriter
+from usam.extract import RecordWriter
+from usam.schema import FIELDS
 from usam.video import VideoUSAM, from_sam_model_cfg
 
 log = logging.getLogger(__name__)

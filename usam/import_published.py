@@ -25,12 +25,12 @@ from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.download import file_sha256
 from usam.errors import UsamError
-from usam.mlp import TARGETS, Predictor, UsamMLP, load_bundle, save_bundle
+from usam.mlp import Predictor, UsamMLP, load_bundle, save_bundle
+from usam.schema import SIZES, TARGETS
 
 log = logging.getLogger(__name__)
 
 VERSIONS = ("sam2.0", "sam2.1")
-SIZES = ["tiny", "small", "base_plus", "large"]
 # published folder name -> usam target; the other folder names are the targets themselves
 RENAMED = {"iou_unsupervised": "unsupervised_iou"}
 WIDTH = 512  # [iou_token, mask_token], 2 x 256
@@ -96,7 +96,7 @@ def published_config(target: str, version: str | None) -> dict[str, Any]:
         "target": target,
         "output_shift": TARGETS[target],
         "sam_version": version,
-        "models": SIZES,  # pooled over all four sizes: valid for each of them
+        "models": list(SIZES),  # pooled over all four sizes: valid for each of them
         "token_pairing": "published",
         "random_weights": False,
     }

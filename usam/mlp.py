@@ -19,6 +19,7 @@ from torch import nn
 
 from usam.errors import UsamError
 from usam.options import integer
+from usam.schema import TARGETS, TOKEN_DIM  # noqa: F401  (TARGETS: usam.mlp.TARGETS)
 from usam.storage import (
     MismatchedPair,
     read_json,
@@ -31,19 +32,6 @@ from usam.storage import (
 log = logging.getLogger(__name__)
 
 BUNDLE_SCHEMA = 1
-TOKEN_DIM = 256
-# target -> shift added before training so that "no gap" sits at 0.5 inside the sigmoid's range
-TARGETS: dict[str, float] = {
-    "iou_tiny": 0.0,
-    "iou_small": 0.0,
-    "iou_base_plus": 0.0,
-    "iou_large": 0.0,
-    "iou_dense_prompt": 0.0,
-    "unsupervised_iou": 0.0,
-    "model_gap": 0.5,
-    "task_gap": 0.5,
-    "prompt_gap": 0.5,
-}
 # Which decoder mask token an MLP reads for an output mask (SPEC "Token pairing"). SAM 2's mask
 # decoder has four mask tokens; multimask output j is made by token j+1, the single-mask output
 # by token 0 (or, with dynamic multimask-via-stability, by the token of the best multimask

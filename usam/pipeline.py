@@ -32,8 +32,8 @@ from omegaconf import DictConfig
 from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.errors import UsamError
-from usam.mlp import TARGETS
 from usam.overrides import override
+from usam.schema import TARGETS, available_targets
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,6 @@ def check_names(names: list, known, key: str) -> None:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UsamError(f"{key}: unknown {unknown}; choose from {', '.join(known)}")
-
-
-def available_targets(sizes: list[str]) -> list[str]:
-    """Targets whose columns the container will have for these SAM sizes."""
-    out = [
-        t for t in TARGETS if not t.startswith("iou_") or t == "iou_dense_prompt" or t[4:] in sizes
-    ]
-    return [t for t in out if t != "model_gap" or {"tiny", "large"} <= set(sizes)]
 
 
 def training_split(setting: Any, splits: list[str], eval_split: str, dataset: str) -> str | None:

@@ -20,13 +20,13 @@ from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.datasets.base import read_rgb
 from usam.errors import UsamError
-from usam.mlp import TARGETS
 from usam.predictor import (
     Prediction,
     UncertainSAM,
     check_prompt_geometry,
     parse_checkpoint_name,
 )
+from usam.schema import TARGETS
 from usam.storage import atomic_path
 
 log = logging.getLogger(__name__)

@@ -31,12 +31,12 @@ from omegaconf import OmegaConf
 from usam import CONF_DIR, hub
 from usam.errors import UsamError
 from usam.hub import looks_like_model_id
-from usam.mlp import PAIRINGS, TARGETS, Predictor, UsamMLP, paired_token
+from usam.mlp import PAIRINGS, Predictor, UsamMLP, paired_token
 from usam.sam import SamModel, load_sam_model, resolve_device
+from usam.schema import SIZES, TARGETS
 
 log = logging.getLogger(__name__)
 
-SIZES = ("tiny", "small", "base_plus", "large")
 VERSIONS = ("sam2.1", "sam2.0")
 # sam2.1_hiera_tiny.pt (SAM 2.1) and sam2_hiera_tiny.pt (SAM 2.0), as Meta names them
 _CHECKPOINT_NAME = re.compile(r"(sam2\.1|sam2)_hiera_(tiny|small|base_plus|large)")

@@ -33,10 +33,11 @@ from tqdm import tqdm
 from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.errors import UsamError
-from usam.mlp import TARGETS, UsamMLP, save_bundle
+from usam.mlp import UsamMLP, save_bundle
 from usam.options import flag, integer, number
 from usam.protocol import container_identity, group_table, split_groups, write_seen
 from usam.sam import resolve_device
+from usam.schema import TARGETS
 from usam.storage import write_json
 
 log = logging.getLogger(__name__)

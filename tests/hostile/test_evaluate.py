@@ -14,7 +14,8 @@ from usam.cli import user_error
 from usam.container import ContainerWriter
 from usam.errors import UsamError
 from usam.evaluate import Evaluator, run
-from usam.mlp import TARGETS, UsamMLP, save_bundle
+from usam.mlp import UsamMLP, save_bundle
+from usam.schema import TARGETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
