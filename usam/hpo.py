@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from usam.dask_cluster import check_settings, connect, uses_dask
 from usam.errors import UsamError
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,9 @@ class SmacHPO:
 
     `multi_fidelity=True` drops epochs from the space and runs Hyperband with epochs as the
     budget (min_budget..max_budget); the incumbent is then trained for max_budget epochs.
-    `n_workers > 1` runs trials in parallel on a local Dask cluster.
+    `n_workers > 1` runs trials in parallel on a local Dask cluster; `scheduler_address` or
+    `cluster` run them on an existing Dask scheduler or a dask-jobqueue cluster instead
+    (usam.dask_cluster).
     SMAC's own files go to `<out_dir>/<name>/<seed>/` inside the run folder.
     """
 
@@ -92,6 +95,8 @@ class SmacHPO:
         momentum: tuple[float, float] = (0.1, 0.9),
         walltime_limit: float | None = None,
         progress: bool = True,
+        scheduler_address: str | None = None,
+        cluster: Mapping[str, Any] | None = None,
     ):
         if int(n_trials) < 1:
             raise UsamError(f"hpo.n_trials must be >= 1, got {n_trials}")
@@ -104,6 +109,9 @@ class SmacHPO:
         self.n_trials, self.multi_fidelity = int(n_trials), bool(multi_fidelity)
         self.min_budget, self.max_budget, self.eta = float(min_budget), float(max_budget), int(eta)
         self.n_workers = int(n_workers)
+        check_settings(scheduler_address, cluster)
+        self.scheduler_address, self.cluster = scheduler_address or None, cluster
+        self.dask = uses_dask(self.n_workers, self.scheduler_address, self.cluster)
         self.ranges = {
             "lr": tuple(lr),
             "epochs": tuple(epochs),
@@ -158,7 +166,9 @@ class SmacHPO:
                 else {}
             ),
         )
-        threads = max(1, (os.cpu_count() or 1) // self.n_workers) if self.n_workers > 1 else None
+        # local workers share this machine's cores; torch would otherwise take them all in each
+        local = self.dask and not (self.scheduler_address or self.cluster)
+        threads = max(1, (os.cpu_count() or 1) // self.n_workers) if local else None
         target = _Target(objective, hp, threads)
         bar = tqdm(
             total=self.n_trials, desc=f"{name} SMAC trials", unit="trial", disable=not self.progress
@@ -177,7 +187,8 @@ class SmacHPO:
                 return None
 
         logging.getLogger("smac").setLevel(logging.WARNING)
-        client = self._dask_client(out_dir) if self.n_workers > 1 else None
+        dask = self._dask(out_dir) if self.dask else None
+        client = dask.client if dask is not None else None
         try:
             common = dict(logging_level=False, callbacks=[Report()], overwrite=True)
             fn = target.train_budget if self.multi_fidelity else target.train
@@ -198,8 +209,8 @@ class SmacHPO:
             best_loss = float(smac.runhistory.get_cost(incumbent))
         finally:
             bar.close()
-            if client is not None:
-                client.close()
+            if dask is not None:
+                dask.close()
         if isinstance(incumbent, list):  # only multi-objective runs return several
             incumbent = incumbent[0]
         best = target.hp(incumbent, self.max_budget if self.multi_fidelity else None)
@@ -223,20 +234,13 @@ class SmacHPO:
         }
         return best, info
 
-    def _dask_client(self, out_dir: Path):
-        from dask.distributed import Client
-
-        # a client that starts its own local cluster also shuts it down on close()
-        client = Client(
+    def _dask(self, out_dir: Path):
+        return connect(
             n_workers=self.n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            local_directory=str(out_dir / "dask"),
+            scheduler_address=self.scheduler_address,
+            cluster=self.cluster,
+            local_directory=out_dir / "dask",
         )
-        # SMAC counts free workers when it submits; before they connect it sees none and stalls
-        client.wait_for_workers(self.n_workers, timeout=120)
-        return client
 
 
 def _dask_runner(scenario, fn: Callable, client, required: list[str]):
