@@ -160,6 +160,14 @@ class Objective:
             loss if math.isfinite(loss) else 1.0
         )  # a diverged run: the worst MSE a sigmoid can reach
 
+    def many(self, hps: list[dict[str, Any]]) -> list[float]:
+        """The losses of several settings trained together on one device (usam.stacked);
+        equal to calling this objective on each, up to float rounding."""
+        from usam.stacked import stacked_losses
+
+        step = "eager" if self.trainer.step == "autograd" else self.trainer.step
+        return stacked_losses(self.trainer, self.data, [{**self.base, **hp} for hp in hps], step)
+
 
 class Trainer:
     """Fits one predictor: load and check data, search (via `hpo`), fit, evaluate, refit, save."""
@@ -173,7 +181,11 @@ class Trainer:
         refit_all: bool = True,
         eval_batch_size: int = 8192,
         progress: bool = True,
+        step: str = "autograd",
     ):
+        if step not in ("autograd", "eager", "compile", "cuda_graph"):
+            raise UsamError(f"trainer.step={step!r}: choose autograd, eager, compile or cuda_graph")
+        self.step = step  # autograd: torch.optim; the others: usam.stacked's step (K = 1)
         if not 0.0 < float(val_fraction) < 1.0:
             raise UsamError(f"trainer.val_fraction must be in (0, 1), got {val_fraction}")
         self.device = resolve_device(str(device), key="device")
@@ -254,6 +266,10 @@ class Trainer:
         desc: str | None = None,
     ) -> tuple[UsamMLP, list[float]]:
         """Train a fresh MLP; same seed and device give the same weights. Returns (model, train losses)."""
+        if self.step != "autograd":
+            from usam.stacked import fit_one
+
+            return fit_one(self, x, y, hp, val=val, on_epoch=on_epoch)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(self.seed)
             model = UsamMLP(in_features=x.shape[1], hidden=hp.get("hidden", (512, 512)))
