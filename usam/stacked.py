@@ -11,7 +11,7 @@ Results equal one-by-one training up to float rounding (tests/test_stacked.py).
 How the trials share a step: step t of trial k is batch t mod nb_k of its epoch t div nb_k
 (nb_k = its batches per epoch); batches are padded to the largest batch size with zero
 weights; a trial that has done all its steps stops moving (masked update) while the others
-go on. The index arithmetic runs on the device from a step counter on the device, and the
+go on; each time one finishes the stack is rebuilt without it. The index arithmetic runs on the device from a step counter on the device, and the
 backward pass is written out (no autograd), so a step has fixed shapes and no host sync:
 `step="compile"` hands it to torch.compile, `step="cuda_graph"` captures it once as a CUDA
 graph and replays it.
@@ -117,8 +117,8 @@ class StackedMLPs:
         step: str = "eager",
         on_epoch: Callable[[int, torch.Tensor], None] | None = None,
     ) -> None:
-        """Train all K on (x [N, in], y [N]). `on_epoch(e, mean_losses [K])` is called when every
-        trial has finished epoch e (only meaningful when all trials share a batch size)."""
+        """Train all K on (x [N, in], y [N]). With K = 1, `on_epoch(e, mean_loss [1])` is called
+        after each epoch (what Trainer.fit reports)."""
         if step not in STEPS:
             raise UsamError(f"trainer.step={step!r}: choose one of {', '.join(STEPS)}")
         if step == "cuda_graph" and self.device.type != "cuda":
@@ -137,34 +137,60 @@ class StackedMLPs:
             ]
         )
         self._x, self._y, self._n = x, y, n
-        as_long = dict(dtype=torch.int64, device=dev)
-        self._nb = torch.tensor(nb, **as_long)
-        self._bs = torch.tensor(self.batch_size, **as_long)
-        self._steps = torch.tensor(steps, **as_long)
-        self._ar = torch.arange(max(self.batch_size), **as_long)
-        self._t = torch.zeros((), **as_long)
-        self._bufs = [torch.zeros_like(p) for p in self.weights + self.biases]
-        self._loss = torch.zeros(self.k, device=dev)  # sum of row losses this epoch
-        total = max(steps)
-        epoch_end = {nb[0] * (e + 1): e for e in range(max(self.epochs))}
-        report = on_epoch is not None and len(set(nb)) == 1
+        self._t = torch.zeros((), dtype=torch.int64, device=dev)  # steps done, on the device
+        bufs = [torch.zeros_like(p) for p in self.weights + self.biases]
+        epoch_end = {nb[0] * (e + 1): e for e in range(self.epochs[0])}
+        report = on_epoch is not None and self.k == 1
+        compiled = torch.compile(self._step) if step == "compile" else None
+        # Trials stop at different steps (the largest batches first). Each time one stops the
+        # stack is rebuilt without it, so no step computes finished trials and the padded
+        # batch shrinks to the largest batch still training; a new shape, a new capture.
+        alive, t = list(range(self.k)), 0
+        while alive:
+            stop = min(steps[i] for i in alive)
+            self._enter(alive, bufs, nb, steps)
+            replay = None
+            while t < stop:
+                if t == 0:  # torch.optim.SGD's first step starts the momentum buffer
+                    self._step_impl(first=True)
+                elif compiled is not None:
+                    compiled()
+                elif step == "cuda_graph" and t <= 3:
+                    self._side_step()  # warm-up before the first capture, as torch.cuda.graph asks
+                elif step == "cuda_graph":
+                    replay = replay or self._capture()
+                    replay()
+                else:
+                    self._step()
+                t += 1
+                if report and t in epoch_end:
+                    on_epoch(epoch_end[t], self._loss / n)
+                    self._loss.zero_()
+            self._leave(alive, bufs)
+            alive = [i for i in alive if steps[i] > stop]
 
-        self._step_impl(first=True)  # torch.optim.SGD's first step starts the momentum buffer
-        fn = torch.compile(self._step, dynamic=False) if step == "compile" else self._step
-        for t in range(1, total + 1):  # t steps done
-            if report and t in epoch_end:
-                on_epoch(epoch_end[t], self._loss / n)
-                self._loss.zero_()
-            if t == total:
-                break
-            if step == "cuda_graph" and t <= 3:
-                self._side_step()  # warm-up before capture, as torch.cuda.graph asks
-            elif step == "cuda_graph":
-                if fn == self._step:
-                    fn = self._capture()
-                fn()
-            else:
-                fn()
+    def _enter(self, alive: list[int], bufs: list[torch.Tensor], nb, steps) -> None:
+        """The state of the trials still training, as the tensors the step works on."""
+        dev = self.device
+        idx = torch.tensor(alive, device=dev)
+        self._w = [w.index_select(0, idx) for w in self.weights]
+        self._b = [b.index_select(0, idx) for b in self.biases]
+        self._bufs = [b.index_select(0, idx) for b in bufs]
+        self._lr, self._mom = self.lr[idx], self.momentum[idx]
+        self._wd = self.weight_decay[idx]
+        as_long = dict(dtype=torch.int64, device=dev)
+        self._nb = torch.tensor([nb[i] for i in alive], **as_long)
+        self._bs = torch.tensor([self.batch_size[i] for i in alive], **as_long)
+        self._steps = torch.tensor([steps[i] for i in alive], **as_long)
+        self._ar = torch.arange(max(self.batch_size[i] for i in alive), **as_long)
+        self._loss = torch.zeros(len(alive), device=dev)  # sum of row losses this epoch
+
+    def _leave(self, alive: list[int], bufs: list[torch.Tensor]) -> None:
+        idx = torch.tensor(alive, device=self.device)
+        for full, part in zip(
+            self.weights + self.biases + bufs, self._w + self._b + self._bufs, strict=True
+        ):
+            full.index_copy_(0, idx, part)
 
     def _step(self) -> None:
         self._step_impl(first=False)
@@ -196,8 +222,8 @@ class StackedMLPs:
         xb, yb = self._x[idx], self._y[idx]  # [K, B, in], [K, B]
         # forward, keeping what the backward pass needs
         acts, a = [xb], xb
-        last = len(self.weights) - 1
-        for i, (wt, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+        last = len(self._w) - 1
+        for i, (wt, b) in enumerate(zip(self._w, self._b, strict=True)):
             a = torch.baddbmm(b[:, None, :], a, wt.transpose(1, 2))
             if i < last:
                 a = torch.relu(a)
@@ -207,23 +233,20 @@ class StackedMLPs:
         self._loss += (w * err * err).sum(1) * (end - start).float()
         # backward of sum_b w_b (p_b - y_b)^2 through sigmoid, the linears and the ReLUs
         g = (2.0 * w * err * p * (1.0 - p))[..., None]  # [K, B, 1]: d loss / d pre-sigmoid
-        grads_w, grads_b = [None] * len(self.weights), [None] * len(self.weights)
+        grads_w, grads_b = [None] * len(self._w), [None] * len(self._w)
         for i in range(last, -1, -1):
             grads_w[i] = torch.bmm(g.transpose(1, 2), acts[i])
             grads_b[i] = g.sum(1)
             if i > 0:
-                g = torch.bmm(g, self.weights[i]) * (acts[i] > 0)
-        # torch.optim.SGD (dampening 0, no Nesterov), only for trials still training
-        k1 = (self.k, 1)
-        on = active.view(*k1)
-        for p_, g_, buf in zip(
-            self.weights + self.biases, grads_w + grads_b, self._bufs, strict=True
-        ):
-            shape = (self.k,) + (1,) * (p_.ndim - 1)
-            d = g_ + self.weight_decay.view(shape) * p_
-            new_buf = d if first else self.momentum.view(shape) * buf + d
-            new_p = p_ - self.lr.view(shape) * new_buf
-            on_ = on.view(shape)
+                g = torch.bmm(g, self._w[i]) * (acts[i] > 0)
+        # torch.optim.SGD (dampening 0, no Nesterov); `active` guards the update, although the
+        # stack is rebuilt whenever a trial finishes
+        for p_, g_, buf in zip(self._w + self._b, grads_w + grads_b, self._bufs, strict=True):
+            shape = (len(self._lr),) + (1,) * (p_.ndim - 1)
+            d = g_ + self._wd.view(shape) * p_
+            new_buf = d if first else self._mom.view(shape) * buf + d
+            new_p = p_ - self._lr.view(shape) * new_buf
+            on_ = active.view(shape)
             buf.copy_(torch.where(on_, new_buf, buf))
             p_.copy_(torch.where(on_, new_p, p_))
         t += 1
