@@ -183,6 +183,8 @@ def test_bad_prefetch_settings(tmp_path):
     writer = RecordWriter(root=tmp_path, dataset="d", split="val")
     with pytest.raises(UsamError, match="extractor.prefetch"):
         Extractor(models=FakeModels([]), augment=TwoVariants(), writer=writer, prefetch=-1)
+    with pytest.raises(UsamError, match="extractor.prefetch must be auto"):
+        Extractor(models=FakeModels([]), augment=TwoVariants(), writer=writer, prefetch="many")
     with pytest.raises(UsamError, match="images_per_call"):
         Extractor(models=FakeModels([]), augment=TwoVariants(), writer=writer, images_per_call=0)
 
@@ -233,3 +235,13 @@ def test_several_images_per_encoder_call_give_the_records_of_one_at_a_time(one_t
     assert not np.allclose(
         alone[0][1]["tiny/original/iou_token"][0], alone[1][1]["tiny/original/iou_token"][0]
     )
+
+
+def test_prefetch_auto_reads_ahead_for_a_gpu_only(tmp_path):
+    writer = RecordWriter(root=tmp_path, dataset="d", split="val")
+    cpu = FakeModels([FakeModel("tiny", 1.0)])
+    gpu = FakeModels([FakeModel("tiny", 1.0)])
+    gpu[0].device = torch.device("cuda")  # only the device is read; nothing runs
+    auto = dict(augment=TwoVariants(), writer=writer, prefetch="auto")
+    assert Extractor(models=cpu, **auto).prefetch == 0
+    assert Extractor(models=gpu, **auto).prefetch == 2

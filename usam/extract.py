@@ -107,20 +107,30 @@ class Extractor:
         seed: int = 0,
         n_samples: int = 7,
         resume: bool = True,
-        prefetch: int = 0,
+        prefetch: int | str = 0,
         images_per_call: int = 1,
     ):
         self.models = models  # usam.sam.SamModels
         self.augment = augment  # usam.augment.Augmentations
         self.writer = writer
         self.seed, self.n_samples, self.resume = seed, n_samples, resume
-        if int(prefetch) < 0 or int(images_per_call) < 1:
+        if prefetch == "auto":
+            # a GPU waits for JPEG decoding; on a CPU the threads only compete for its cores
+            # (measured: no gain on 2 cores, docs/benchmarks.md)
+            on_gpu = any(getattr(m, "device", torch.device("cpu")).type == "cuda" for m in models)
+            prefetch = 2 if on_gpu else 0
+        if (
+            isinstance(prefetch, bool)
+            or not isinstance(prefetch, int)
+            or prefetch < 0
+            or int(images_per_call) < 1
+        ):
             raise UsamError(
-                f"extractor.prefetch must be >= 0 and extractor.images_per_call >= 1, "
-                f"got {prefetch} and {images_per_call}"
+                f"extractor.prefetch must be auto or >= 0 and extractor.images_per_call >= 1, "
+                f"got {prefetch!r} and {images_per_call}"
             )
         # background threads reading images and sampling prompts ahead (usam.prefetch)
-        self.prefetch = int(prefetch)
+        self.prefetch = prefetch
         # images (of one variant) per encoder call: SAM 2 encodes a batch in one pass
         self.images_per_call = int(images_per_call)
 
