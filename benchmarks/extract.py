@@ -287,7 +287,7 @@ def main() -> None:
         f"{med['baseline'] / args.images:7.3f} s/img  encoder passes {n_base}"
     )
     print(
-        f"{'bare encoder (one pass per model and variant, nothing else)':56s} "
+        f"{'bare encoder (a pass per model and variant, no more)':56s} "
         f"{med['encoder']:8.2f} s {med['encoder'] / args.images:7.3f} s/img  (the floor)"
     )
     for label in extractors:

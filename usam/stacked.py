@@ -9,12 +9,13 @@ its own size (the last one shorter), MSE, SGD with momentum (torch.optim.SGD's u
 Results equal one-by-one training up to float rounding (tests/test_stacked.py).
 
 How the trials share a step: step t of trial k is batch t mod nb_k of its epoch t div nb_k
-(nb_k = its batches per epoch); batches are padded to the largest batch size with zero
-weights; a trial that has done all its steps stops moving (masked update) while the others
-go on; each time one finishes the stack is rebuilt without it. The index arithmetic runs on the device from a step counter on the device, and the
-backward pass is written out (no autograd), so a step has fixed shapes and no host sync:
-`step="compile"` hands it to torch.compile, `step="cuda_graph"` captures it once as a CUDA
-graph and replays it.
+(nb_k = its batches per epoch), padded to the largest batch size in the stack with zero
+weights. Trials finish at different steps (the largest batches first); each time one
+finishes, the stack is rebuilt without it, so no step computes finished trials and the
+padding shrinks. The index arithmetic runs on the device from a step counter on the device,
+and the backward pass is written out (no autograd), so a step has fixed shapes and no host
+sync: `step="compile"` hands it to torch.compile, `step="cuda_graph"` captures it as a CUDA
+graph (once per stack shape) and replays it.
 """
 
 from __future__ import annotations
