@@ -150,14 +150,17 @@ class StackedMLPs:
         while alive:
             stop = min(steps[i] for i in alive)
             self._enter(alive, bufs, nb, steps)
-            replay = None
+            replay, warm = None, 0
             while t < stop:
                 if t == 0:  # torch.optim.SGD's first step starts the momentum buffer
                     self._step_impl(first=True)
                 elif compiled is not None:
                     compiled()
-                elif step == "cuda_graph" and t <= 3:
-                    self._side_step()  # warm-up before the first capture, as torch.cuda.graph asks
+                elif step == "cuda_graph" and (t <= 3 or warm < 1):
+                    # real steps on a side stream before capturing a new shape (cuBLAS and the
+                    # allocator set up outside the capture), as torch.cuda.graph asks
+                    self._side_step()
+                    warm += 1
                 elif step == "cuda_graph":
                     replay = replay or self._capture()
                     replay()
