@@ -26,6 +26,15 @@ if [ "${1:-}" = prepare ]; then
     # the GPU image has no pytest
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
         pytest pluggy iniconfig packaging pygments
+    # nor SMAC and Dask (smac.txt, the concurrent-trials benchmark); versions as installed here
+    P="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        $P -d .whl ConfigSpace==1.2.2 more_itertools==11.2.1 pyparsing==3.3.2 dask==2026.8.0 \
+        distributed==2026.8.0 dask_jobqueue==0.9.0 emcee==3.1.6 regex==2026.5.9 psutil==7.2.2 \
+        click==8.5.1 cloudpickle==3.1.3 jinja2==3.1.6 markupsafe==3.0.3 locket==1.0.0 msgpack==1.2.4 \
+        sortedcontainers==2.4.0 tblib==3.2.2 toolz==1.2.0 tornado==6.6.1 zict==3.0.0 \
+        fsspec==2026.9.0 partd==1.4.2 importlib_metadata==10.2.0 zipp==4.1.2
+    python3 -m pip wheel -q --no-deps -w .whl smac==2.4.1 pynisher==1.0.10  # source-only on PyPI
     exit
 fi
 [ "${1:-}" = run ] || { echo "usage: $0 prepare|run"; exit 2; }
