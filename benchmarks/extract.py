@@ -11,12 +11,20 @@ reduction code, and the script prints the largest difference between their field
   python benchmarks/extract.py --image-size 1024 --compile   # also with the compiled decoder
   python benchmarks/extract.py --sizes tiny small base_plus large --image-size 1024 \
       --checkpoint-dir checkpoints/sam2.1                   # real weights (e.g. on a GPU)
+  python benchmarks/extract.py --prefetch 2 --repeat 2     # reading ahead on vs off (sample set)
+
+It also prints the bare encoder time (one encoder pass per model and variant for each image,
+nothing else): the floor an extraction can approach, and usam's ratio to it.
+With --prefetch N it instead runs the whole stage (Extractor.run: read JPEG/PNG from disk,
+sample prompts, SAM 2, write records) over the bundled sample dataset (or --root, a DAVIS
+layout) with extractor.prefetch=0 and =N, alternating, and prints both and the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -82,6 +90,75 @@ def baseline(extractor: Extractor, images: list[Sample]) -> tuple[float, dict]:
     return time.perf_counter() - start, fields
 
 
+def process_all(ex: Extractor, images: list[Sample]) -> dict:
+    """Records of all images, `ex.images_per_call` images per encoder call."""
+    out, k = {}, max(1, ex.images_per_call)
+    for lo in range(0, len(images), k):
+        chunk = images[lo : lo + k]
+        for s, (record, _) in zip(chunk, ex.process_many(chunk, [None] * len(chunk)), strict=True):
+            out[s.name] = record
+    return out
+
+
+def encoder_only(ex: Extractor, images: list[Sample]) -> float:
+    """Seconds for the encoder passes alone: each variant of each image through each model."""
+    made = [[apply(s.image, None, key=s.name)[0] for _, apply in ex.augment] for s in images]
+    _sync(ex)
+    start = time.perf_counter()
+    for variants in made:
+        for image in variants:
+            for model in ex.models:
+                model.set_image(image)
+    _sync(ex)
+    return time.perf_counter() - start
+
+
+def _sync(ex: Extractor) -> None:
+    if any(m.device.type == "cuda" for m in ex.models):
+        torch.cuda.synchronize()
+
+
+def prefetch_benchmark(args, cfg, random: bool) -> None:
+    """The whole stage over a dataset on disk, prefetch off vs on, alternating rounds."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from usam.augment import Augmentations
+    from usam.datasets.davis import Davis
+    from usam.datasets.sample import SampleDataset
+
+    models = SamModels(**OmegaConf.to_container(cfg))
+    times: dict[int, list[float]] = {0: [], args.prefetch: []}
+    summaries = {}
+    for r in range(args.repeat + 1):  # round 0 warms up
+        for workers in times:
+            reader = Davis(root=args.root, split="val") if args.root else SampleDataset()
+            out = Path(tempfile.mkdtemp(prefix="usam-prefetch-bench-"))
+            ex = Extractor(
+                models=models,
+                augment=Augmentations(),
+                writer=RecordWriter(root=out, dataset=reader.name, split=reader.split),
+                prefetch=workers,
+                images_per_call=args.images_per_call,
+            )
+            start = time.perf_counter()
+            summaries[workers] = ex.run(reader)
+            if r:
+                times[workers].append(time.perf_counter() - start)
+    off, on = (float(np.median(times[k])) for k in times)
+    n = summaries[0]["done"]
+    print(
+        f"device={models.device} sizes={args.sizes} image_size={args.image_size} "
+        f"weights={'random' if random else 'checkpoint'} images={n} median of {args.repeat}"
+    )
+    print(f"{'prefetch 0 (read on the model thread)':44s} {off:8.2f} s {off / n:7.3f} s/img")
+    print(
+        f"{f'prefetch {args.prefetch} (background threads)':44s} {on:8.2f} s {on / n:7.3f} s/img"
+        f"  speed-up {off / on:.2f}x"
+    )
+
+
 def max_field_difference(records: dict, base: dict) -> float:
     """Largest |usam - baseline| over every field of every instance (batching changes rounding only)."""
     worst = 0.0
@@ -118,6 +195,14 @@ def main() -> None:
     p.add_argument("--augment", default="none", choices=["none", "paper", "flip"])
     p.add_argument("--repeat", type=int, default=3, help="rounds of the loops; medians are printed")
     p.add_argument(
+        "--prefetch",
+        type=int,
+        default=0,
+        help="time Extractor.run over a dataset with prefetch 0 vs this many threads",
+    )
+    p.add_argument("--root", default=None, help="with --prefetch: a DAVIS-layout root")
+    p.add_argument("--images-per-call", type=int, default=1, help="images per encoder call")
+    p.add_argument(
         "--compile",
         action="store_true",
         help="also time usam with sam_model.compile_decoder=true (after a warm-up compile)",
@@ -142,6 +227,8 @@ def main() -> None:
         image_size=None if args.image_size == 1024 else args.image_size,
         checkpoint_dir=args.checkpoint_dir or "unused",
     )
+    if args.prefetch:
+        return prefetch_benchmark(args, cfg, random)
     images = synthetic_images(args.images, args.instances, (args.height, args.width))
     writer = RecordWriter(root="unused", dataset="bench", split="bench")
     augment = instantiate(
@@ -155,12 +242,13 @@ def main() -> None:
             augment=augment,
             writer=writer,
             seed=0,
+            images_per_call=args.images_per_call,
         )
         for label, c in variants.items()
     }
     plain = extractors["usam"]
     for ex in extractors.values():
-        ex.process(images[0])  # warm-up (allocator, kernels, compilation)
+        process_all(ex, images[: ex.images_per_call])  # warm-up (allocator, kernels, compilation)
     baseline(plain, images[:1])
 
     def passes(ex: Extractor) -> int:
@@ -176,12 +264,14 @@ def main() -> None:
         for label, ex in extractors.items():
             passes(ex)
             t0 = time.perf_counter()
-            records[label] = {s.name: ex.process(s)[0] for s in images}
+            records[label] = process_all(ex, images)
             times[label].append(time.perf_counter() - t0)
             n_usam = passes(ex)
         t, fields_base = baseline(plain, images)
         times["baseline"].append(t)
         n_base = passes(plain)
+        times.setdefault("encoder", []).append(encoder_only(plain, images))
+        passes(plain)
     med = {k: float(np.median(v)) for k, v in times.items()}
 
     dev = next(iter(plain.models)).device
@@ -195,6 +285,15 @@ def main() -> None:
         f"{'baseline (re-encode per instance, one prompt per call)':56s} {med['baseline']:8.2f} s "
         f"{med['baseline'] / args.images:7.3f} s/img  encoder passes {n_base}"
     )
+    print(
+        f"{'bare encoder (a pass per model and variant, no more)':56s} "
+        f"{med['encoder']:8.2f} s {med['encoder'] / args.images:7.3f} s/img  (the floor)"
+    )
+    for label in extractors:
+        print(
+            f"{label + ' / bare encoder':56s} {med[label] / med['encoder']:8.2f}x  "
+            f"(target: within 1.3x)"
+        )
     for label in extractors:
         print(
             f"{label + ' (encode once, batched prompts)':56s} {med[label]:8.2f} s "

@@ -1,7 +1,9 @@
 """Stage 3 speed: usam's trainer vs a per-sample Dataset + DataLoader loop, same hyperparameters.
 
     python benchmarks/train.py [--rows 100000] [--epochs 2] [--target iou_large] [--dataset davis]
-                               [--threads N] [--device cpu] [--smac-trials 20 --smac-rows 10000]
+                               [--threads N] [--device cpu] [--steps eager compile cuda_graph]
+                               [--stack 8] [--smac-trials 100 --smac-rows 1000000 --concurrent 16
+                                --smac-walltime 240]
 
 Builds a synthetic container (random tokens, through the real record -> container path),
 then trains one target for `--epochs` epochs with
@@ -10,8 +12,16 @@ then trains one target for `--epochs` epochs with
     (concatenate the two tokens, shift and clip the target), a shuffling DataLoader
     that collates it into batches, and `loss.item()` per batch,
 and prints seconds per epoch for both and the ratio. Both do the same optimiser steps on
-the same rows; neither validates per epoch. With --smac-trials it also times a SMAC search
-(usam.hpo.SmacHPO) on the first --smac-rows rows.
+the same rows; neither validates per epoch.
+
+  --steps S...   also time Trainer.fit with trainer.step=S (usam.stacked's step: no autograd,
+                 `compile` = torch.compile, `cuda_graph` = captured once and replayed)
+  --stack K      K trials (K learning rates) trained one after another vs stacked together
+                 (what hpo.concurrent_trials=K does), seconds per trial and the ratio
+  --smac-trials  a SMAC search (usam.hpo.SmacHPO) on --smac-rows synthetic rows made directly
+                 as tensors on the device (low-rank tokens, a learnable target), with
+                 --concurrent trials per batch; --smac-walltime stops it early and the script
+                 extrapolates to --smac-trials from the trials done.
 """
 
 from __future__ import annotations
@@ -134,14 +144,20 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--steps", nargs="*", default=[], choices=["eager", "compile", "cuda_graph"]
+    )
+    parser.add_argument("--stack", type=int, default=0)
     parser.add_argument("--smac-trials", type=int, default=0)
     parser.add_argument("--smac-rows", type=int, default=10_000)
+    parser.add_argument("--concurrent", type=int, default=1)
+    parser.add_argument("--smac-walltime", type=float, default=None)
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from usam.schema import TARGETS
-    from usam.train import Objective, Trainer, paper_hyperparameters
+    from usam.train import Trainer, paper_hyperparameters
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="usam-train-bench-"))
     start = time.perf_counter()
@@ -165,6 +181,14 @@ def main() -> None:
         last[0] = now
 
     trainer.fit(x, y, hp, on_epoch=tick)
+    autograd_epochs = list(epochs_fast)  # trainer.step=autograd, the default
+    steps = {}
+    for step in args.steps:
+        t = Trainer(device=args.device, progress=False, step=step)
+        t.fit(x[:4096], y[:4096], {**hp, "epochs": 1})  # warm-up (compilation, capture)
+        epochs_fast, last[0] = [], time.perf_counter()
+        t.fit(x, y, hp, on_epoch=tick)
+        steps[step] = float(np.mean(epochs_fast))
 
     from usam.containers import Container
 
@@ -174,7 +198,8 @@ def main() -> None:
     ds = PerSampleDataset(tokens[keep], target[keep], TARGETS[args.target])
     epochs_naive = naive_fit(ds, hp, torch.device(args.device))
 
-    fast, naive = float(np.mean(epochs_fast)), float(np.mean(epochs_naive))
+    fast = autograd_s = float(np.mean(autograd_epochs))
+    naive = float(np.mean(epochs_naive))
     result = {
         "rows": len(x),
         "device": args.device,
@@ -184,32 +209,94 @@ def main() -> None:
         "usam_s_per_epoch": round(fast, 3),
         "per_sample_dataloader_s_per_epoch": round(naive, 3),
         "speedup": round(naive / fast, 2),
+        **{
+            f"step={k}": {
+                "s_per_epoch": round(v, 4),
+                "vs_dataloader": round(naive / v, 2),
+                "vs_autograd": round(autograd_s / v, 2),
+            }
+            for k, v in steps.items()
+        },
     }
     print(json.dumps(result, indent=1), flush=True)
+    if args.stack:
+        print(json.dumps(stack_benchmark(trainer, x, y, hp, args.stack), indent=1), flush=True)
     if args.smac_trials:
-        from usam.hpo import SmacHPO
-        from usam.train import Data
+        print(json.dumps(smac_benchmark(args, hp, work), indent=1), flush=True)
 
-        k = args.smac_rows
-        n_val = max(1, round(k * len(data.y_val) / len(y)))
-        small = Data(
-            data.x_train[: k - n_val],
-            data.y_train[: k - n_val],
-            data.x_val[:n_val],
-            data.y_val[:n_val],
-        )
-        start = time.perf_counter()
-        _, info = SmacHPO(n_trials=args.smac_trials, progress=True).search(
-            Objective(trainer, small, hp), hp, out_dir=work / "smac", name=args.target
-        )
-        smac = {
-            "smac_trials": info["trials_run"],
-            "rows": k,
-            "wall_s": round(time.perf_counter() - start, 1),
-            "best_loss": round(info["best_loss"], 5),
-            "incumbent": info["incumbent"],
-        }
-        print(json.dumps(smac, indent=1))
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def stack_benchmark(trainer, x, y, hp: dict, k: int) -> dict:
+    """K settings (K learning rates) trained in turn vs together (usam.stacked)."""
+    from usam.stacked import StackedMLPs
+
+    hps = [{**hp, "lr": hp["lr"] * (0.5 + i / k)} for i in range(k)]
+    step = "cuda_graph" if x.device.type == "cuda" else "eager"
+    StackedMLPs(hps[:2], in_features=x.shape[1], seed=0, device=x.device).fit(
+        x[:2048], y[:2048], step=step
+    )  # warm-up
+    _sync(x.device)
+    start = time.perf_counter()
+    for h in hps:
+        trainer.fit(x, y, h)
+    _sync(x.device)
+    in_turn = time.perf_counter() - start
+    start = time.perf_counter()
+    StackedMLPs(hps, in_features=x.shape[1], seed=0, device=x.device).fit(x, y, step=step)
+    _sync(x.device)
+    together = time.perf_counter() - start
+    return {
+        "trials": k,
+        "epochs": hp["epochs"],
+        "step": step,
+        "in_turn_s_per_trial": round(in_turn / k, 3),
+        "stacked_s_per_trial": round(together / k, 3),
+        "speedup": round(in_turn / together, 2),
+    }
+
+
+def synthetic_rows(n: int, device, seed: int = 0):
+    """Low-rank tokens (as real decoder tokens are) and a target learnable from them."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    z = torch.randn(n, 8, generator=g)
+    x = (z @ torch.randn(8, 512, generator=g) / 8**0.5).to(device)
+    y = torch.sigmoid(z @ torch.randn(8, generator=g) / 2).to(device)
+    return x, y
+
+
+def smac_benchmark(args, hp: dict, work: Path) -> dict:
+    from usam.hpo import SmacHPO
+    from usam.train import Data, Objective, Trainer
+
+    x, y = synthetic_rows(args.smac_rows, args.device)
+    n_val = args.smac_rows // 5
+    data = Data(x[n_val:], y[n_val:], x[:n_val], y[:n_val])
+    step = "cuda_graph" if torch.device(args.device).type == "cuda" else "autograd"
+    trainer = Trainer(device=args.device, progress=False, step=step)
+    start = time.perf_counter()
+    _, info = SmacHPO(
+        n_trials=args.smac_trials,
+        concurrent_trials=args.concurrent,
+        walltime_limit=args.smac_walltime,
+        progress=True,
+    ).search(Objective(trainer, data, hp), hp, out_dir=work / "smac", name=args.target)
+    wall = time.perf_counter() - start
+    done = info["trials_run"]
+    return {
+        "smac_trials_asked": args.smac_trials,
+        "smac_trials_run": done,
+        "rows": args.smac_rows,
+        "concurrent_trials": args.concurrent,
+        "trainer_step": step,
+        "wall_s": round(wall, 1),
+        f"extrapolated_s_for_{args.smac_trials}_trials": round(wall * args.smac_trials / done, 1),
+        "best_loss": round(info["best_loss"], 5),
+        "incumbent": info["incumbent"],
+    }
 
 
 if __name__ == "__main__":

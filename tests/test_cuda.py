@@ -84,3 +84,64 @@ def test_training_on_cuda_is_deterministic_and_learns():
     for p1, p2 in zip(m1.parameters(), m2.parameters(), strict=True):
         assert p1.device.type == "cuda" and torch.equal(p1, p2)
     assert losses[-1] < 0.5 * losses[0]
+
+
+# -- issue 15: stacked trials, the captured step, batched encoding on the GPU ---------------------
+def _rows(n: int = 3000):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 512, generator=g)
+    return x.cuda(), torch.sigmoid(x[:, :8].sum(1) / 3).cuda()
+
+
+HPS = [
+    {"lr": 0.05, "momentum": 0.9, "batch_size": 128, "epochs": 3},
+    {"lr": 0.01, "momentum": 0.3, "batch_size": 100, "epochs": 4, "weight_decay": 0.01},
+    {"lr": 0.08, "momentum": 0.0, "batch_size": 37, "epochs": 1},
+]
+
+
+@pytest.mark.parametrize("step", ["eager", "cuda_graph", "compile"])
+def test_stacked_trials_on_cuda_match_each_trial_alone(step):
+    from usam.stacked import StackedMLPs
+    from usam.train import Trainer
+
+    x, y = _rows()
+    stack = StackedMLPs(HPS, in_features=512, seed=4, device="cuda")
+    stack.fit(x, y, step=step)
+    trainer = Trainer(device="cuda", seed=4, progress=False)
+    for i, hp in enumerate(HPS):
+        alone, _ = trainer.fit(x, y, hp)
+        for a, b in zip(alone.parameters(), stack.unstack(i).parameters(), strict=True):
+            assert torch.allclose(a, b, atol=1e-5, rtol=0), (step, i)
+
+
+@pytest.mark.parametrize("step", ["cuda_graph", "compile"])
+def test_trainer_with_a_captured_step_trains_like_autograd_on_cuda(step):
+    from usam.train import Trainer
+
+    x, y = _rows()
+    ref, ref_losses = Trainer(device="cuda", seed=2, progress=False).fit(x, y, HPS[0])
+    model, losses = Trainer(device="cuda", seed=2, progress=False, step=step).fit(x, y, HPS[0])
+    for a, b in zip(ref.parameters(), model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
+    assert losses == pytest.approx(ref_losses, rel=1e-4)
+
+
+def test_batched_encoding_on_cuda_agrees_with_one_image_at_a_time_on_cpu():
+    from usam.datasets.sample import SampleDataset
+
+    samples = list(SampleDataset())[:3]
+    writer = RecordWriter(root="unused", dataset="s", split="v")
+    cpu = Extractor(models=SamModels(**TINY, device="cpu"), augment=Augmentations(), writer=writer)
+    gpu = Extractor(models=SamModels(**TINY, device="cuda"), augment=Augmentations(), writer=writer)
+    alone = [cpu.process(s) for s in samples]
+    together = gpu.process_many(samples, [None] * len(samples))
+    assert gpu.models["tiny"].encoder_passes == len(samples)  # in one call
+    for (r1, t1), (r2, t2) in zip(alone, together, strict=True):
+        assert r2["instances"] == r1["instances"]
+        for key, t in t1.items():
+            assert cosine(t2[key], t) > 0.99, key
+        f1, f2 = r1["fields"]["tiny"]["original"], r2["fields"]["tiny"]["original"]
+        for field in ("iou", "unsupervised_iou", "iou_dense_prompt", "entropy"):
+            a, b = np.asarray(f1[field], float), np.asarray(f2[field], float)
+            assert np.isfinite(b).all() and np.abs(a - b).mean() < 0.05, field

@@ -277,11 +277,11 @@ def test_resume_skips_finished_images_and_redoes_unfinished(compose_cfg, tmp_pat
     calls = {"n": 0}
     real = Extractor.process
 
-    def crash_on_third(self, sample):
+    def crash_on_third(self, sample, *prompts):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # a kill in the middle of the third image
-        return real(self, sample)
+        return real(self, sample, *prompts)
 
     monkeypatch.setattr(Extractor, "process", crash_on_third)
     with pytest.raises(KeyboardInterrupt):

@@ -25,6 +25,7 @@ from usam.cli import run_stage, save_run
 from usam.datasets.base import DatasetReader, Sample
 from usam.errors import SampleError, UsamError
 from usam.measures import entropy, mask_iou, mixture, score_weights
+from usam.prefetch import SKIPPED, prefetch
 from usam.prompts import instance_rng, prompt_points
 from usam.schema import FIELDS, RECORD_SCHEMA  # noqa: F401  (usam.extract.FIELDS)
 from usam.storage import (
@@ -38,6 +39,8 @@ from usam.storage import (
 )
 
 log = logging.getLogger(__name__)
+
+Prompts = tuple[list[int], np.ndarray]  # instance ids, points [I, 1 + n_samples, 2]
 
 
 class RecordWriter:
@@ -172,11 +175,32 @@ class Extractor:
         seed: int = 0,
         n_samples: int = 7,
         resume: bool = True,
+        prefetch: int | str = 0,
+        images_per_call: int = 1,
     ):
         self.models = models  # usam.sam.SamModels
         self.augment = augment  # usam.augment.Augmentations
         self.writer = writer
         self.seed, self.n_samples, self.resume = seed, n_samples, resume
+        if prefetch == "auto":
+            # a GPU waits for JPEG decoding; on a CPU the threads only compete for its cores
+            # (measured: no gain on 2 cores, docs/benchmarks.md)
+            on_gpu = any(getattr(m, "device", torch.device("cpu")).type == "cuda" for m in models)
+            prefetch = 2 if on_gpu else 0
+        if (
+            isinstance(prefetch, bool)
+            or not isinstance(prefetch, int)
+            or prefetch < 0
+            or int(images_per_call) < 1
+        ):
+            raise UsamError(
+                f"extractor.prefetch must be auto or >= 0 and extractor.images_per_call >= 1, "
+                f"got {prefetch!r} and {images_per_call}"
+            )
+        # background threads reading images and sampling prompts ahead (usam.prefetch)
+        self.prefetch = prefetch
+        # images (of one variant) per encoder call: SAM 2 encodes a batch in one pass
+        self.images_per_call = int(images_per_call)
 
     def run(self, reader: DatasetReader) -> dict[str, Any]:
         if self.models.random_weights:
@@ -190,22 +214,39 @@ class Extractor:
         done = skipped = instances = 0
         failed: list[dict[str, str]] = []
         start = time.perf_counter()
-        for entry in tqdm(reader.entries, desc=f"extract {reader.name}/{reader.split}", unit="img"):
-            if self.resume and self.writer.done(entry.name):
+        batch: list[tuple[Sample, Prompts]] = []
+
+        def flush() -> None:
+            nonlocal done, instances
+            for sample, result in self._process_batch(batch):
+                if isinstance(result, SampleError):
+                    log.warning("skipping %s: %s", result.path, result.reason)
+                    failed.append({"file": result.path, "reason": result.reason})
+                    continue
+                self.writer.write(sample.name, *result)
+                done += 1
+                instances += len(result[0]["instances"])
+            batch.clear()
+
+        workers = self.prefetch if reader.parallel_load else min(self.prefetch, 1)
+        items = prefetch(
+            reader.entries,
+            lambda e: self._load(reader, e),
+            skip=lambda e: self.resume and self.writer.done(e.name),
+            workers=workers,
+        )
+        desc = f"extract {reader.name}/{reader.split}"
+        for entry, loaded in tqdm(items, total=len(reader.entries), desc=desc, unit="img"):
+            if loaded is SKIPPED:
                 skipped += 1
                 continue
-            sample = reader.try_load(entry)
+            sample = reader.count(entry, loaded[0])
             if sample is None:
                 continue  # counted in reader.stats.unreadable
-            try:
-                record, tensors = self.process(sample)
-            except SampleError as err:
-                log.warning("skipping %s: %s", err.path, err.reason)
-                failed.append({"file": err.path, "reason": err.reason})
-                continue
-            self.writer.write(sample.name, record, tensors)
-            done += 1
-            instances += len(record["instances"])
+            batch.append((sample, loaded[1]))
+            if len(batch) == self.images_per_call:
+                flush()
+        flush()
         seconds = time.perf_counter() - start
         failed = reader.stats.unreadable + failed
         summary = {
@@ -261,11 +302,35 @@ class Extractor:
             }
         )
 
+    def _load(self, reader: DatasetReader, entry) -> tuple[Sample | SampleError, Prompts | None]:
+        """What a prefetch thread does: read and check the sample, sample its prompts."""
+        try:
+            sample = reader.load_checked(entry)
+        except SampleError as err:
+            return err, None
+        return sample, self.prompts(sample)
+
+    def _process_batch(self, batch: list[tuple[Sample, Prompts]]) -> list[tuple[Sample, Any]]:
+        """(sample, (record, tensors) or the SampleError that sample raised), in order."""
+        if len(batch) > 1:
+            try:
+                results = self.process_many([s for s, _ in batch], [p for _, p in batch])
+                return list(zip([s for s, _ in batch], results, strict=True))
+            except SampleError:
+                pass  # one image of the batch failed: find which, one at a time
+        out = []
+        for sample, prompts in batch:
+            try:
+                out.append((sample, self.process(sample, prompts)))
+            except SampleError as err:
+                out.append((sample, err))
+        return out
+
     # -- one image -----------------------------------------------------------------------------
-    def process(self, sample: Sample) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """All records fields and tokens of one image."""
+    def prompts(self, sample: Sample) -> Prompts:
+        """(instance ids with a non-empty mask, points [I, 1 + n_samples, 2]): seeded per
+        image and instance, so any thread, shard or rerun draws the same."""
         ids = sorted(i for i, m in sample.masks.items() if m.any())
-        h, w = sample.image.shape[:2]
         points = (
             np.stack(
                 [
@@ -278,6 +343,58 @@ class Extractor:
             if ids
             else np.zeros((0, 1 + self.n_samples, 2), np.float32)
         )
+        return ids, points
+
+    def process(
+        self, sample: Sample, prompts: Prompts | None = None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """All records fields and tokens of one image."""
+        return self.process_many([sample], [prompts])[0]
+
+    def process_many(
+        self, samples: list[Sample], prompts: list[Prompts | None]
+    ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        """`process` for several images, each variant of all of them encoded in one call per
+        model; per image the same work in the same order as alone."""
+        prompts = [
+            p if p is not None else self.prompts(s) for s, p in zip(samples, prompts, strict=True)
+        ]
+        out = [self._start(s, *p) for s, p in zip(samples, prompts, strict=True)]
+        todo = [k for k, (record, _, _) in enumerate(out) if record["instances"]]
+        if not todo:
+            return [(record, tensors) for record, tensors, _ in out]
+        gts: dict[tuple[int, torch.device], torch.Tensor] = {}  # each GT goes to each device once
+        # each variant is made once per image and shared by all models
+        for vi, (variant, apply) in enumerate(self.augment):
+            made = [apply(samples[k].image, prompts[k][1], key=samples[k].name) for k in todo]
+            for mi, model in enumerate(self.models):
+                if len(todo) == 1:
+                    model.set_image(made[0][0])
+                else:
+                    model.set_images([m[0] for m in made])
+                for j, k in enumerate(todo):
+                    if len(todo) > 1:
+                        model.use_image(j)
+                    key = (k, model.device)
+                    if key not in gts:
+                        ids = prompts[k][0]
+                        gts[key] = torch.as_tensor(np.stack([samples[k].masks[i] for i in ids])).to(
+                            model.device
+                        )
+                    record, tensors, stats = out[k]
+                    _, points_v, unmap = made[j]
+                    res = self.decode_instance_prompts(model, points_v, gts[key], unmap)
+                    record["fields"][model.size][variant] = stats.add(mi, vi, res)
+                    tensors[f"{model.size}/{variant}/iou_token"] = res["iou_token"]
+                    tensors[f"{model.size}/{variant}/mask_tokens"] = res["mask_tokens"]
+        for k in todo:
+            record, _, stats = out[k]
+            stats.finish(record["fields"], self.models.sizes, self.augment.names)
+        return [(record, tensors) for record, tensors, _ in out]
+
+    def _start(self, sample: Sample, ids: list[int], points: np.ndarray):
+        """A record without fields, its tensors and its ImageStats."""
+        h, w = sample.image.shape[:2]
         record: dict[str, Any] = {
             "name": sample.name,
             "group": sample.group,
@@ -291,30 +408,10 @@ class Extractor:
                 {"id": i, "gt_area": int(sample.masks[i].sum()), "points": points[k].tolist()}
                 for k, i in enumerate(ids)
             ],
-            "fields": {},
+            "fields": {m: {} for m in self.models.sizes} if ids else {},
         }
-        if not ids:
-            return record, {}
         stats = ImageStats(len(self.models.sizes), len(self.augment.names))
-        tensors: dict[str, np.ndarray] = {}
-        gt_cpu = torch.as_tensor(np.stack([sample.masks[i] for i in ids]))
-        gts: dict[torch.device, torch.Tensor] = {}  # the GT goes to each device once
-        record["fields"] = {m: {} for m in self.models.sizes}
-        # each variant is made once and shared by all models
-        for vi, (variant, apply) in enumerate(self.augment):
-            image_v, points_v, unmap = apply(sample.image, points, key=sample.name)
-            for mi, model in enumerate(self.models):
-                if model.device not in gts:
-                    gts[model.device] = gt_cpu.to(model.device)
-                gt = gts[model.device]
-                model.set_image(image_v)
-                out = self.decode_instance_prompts(model, points_v, gt, unmap)
-                fields = stats.add(mi, vi, out)
-                record["fields"][model.size][variant] = fields
-                tensors[f"{model.size}/{variant}/iou_token"] = out["iou_token"]
-                tensors[f"{model.size}/{variant}/mask_tokens"] = out["mask_tokens"]
-        stats.finish(record["fields"], self.models.sizes, self.augment.names)
-        return record, tensors
+        return record, {}, stats
 
     def decode_instance_prompts(self, model, points: np.ndarray, gt: torch.Tensor, unmap) -> dict:
         """Decode the single-point and dense prompts of all instances; reduce to what we keep.

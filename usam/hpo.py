@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from usam.dask_cluster import check_settings, connect, uses_dask
 from usam.errors import UsamError
 from usam.options import flag, integer, interval, number
 
 log = logging.getLogger(__name__)
 
 Objective = Callable[[dict[str, Any]], float]
+
+
+def told(loss: float) -> float:
+    """The loss SMAC is told: 5 significant digits. SMAC's next proposals follow the costs'
+    last bits, so without rounding a trial trained alone or stacked with others (usam.stacked,
+    equal up to float rounding) would steer the search apart; 5e-5 relative is far below the
+    differences between settings."""
+    return float(f"{float(loss):.5g}")
 
 
 class NoHPO:
@@ -62,11 +71,11 @@ class _Target:
 
     def train(self, config, seed: int = 0) -> float:
         self._limit_threads()
-        return float(self.objective(self.hp(config)))
+        return told(self.objective(self.hp(config)))
 
     def train_budget(self, config, seed: int = 0, budget: float = 5.0) -> float:
         self._limit_threads()
-        return float(self.objective(self.hp(config, budget)))
+        return told(self.objective(self.hp(config, budget)))
 
 
 class SmacHPO:
@@ -78,7 +87,9 @@ class SmacHPO:
     budget (min_budget..max_budget); the incumbent is then trained for `incumbent_epochs`
     (null = max_budget; the published run: 60). `initial_design` = configurations SMAC draws
     before its model (null = SMAC's default; the published Hyperband run: 5).
-    `n_workers > 1` runs trials in parallel on a local Dask cluster.
+    `n_workers > 1` runs trials in parallel on a local Dask cluster; `scheduler_address` or
+    `cluster` run them on an existing Dask scheduler or a dask-jobqueue cluster instead
+    (usam.dask_cluster).
     SMAC's own files go to `<out_dir>/<name>/<seed>/` inside the run folder.
     """
 
@@ -100,6 +111,9 @@ class SmacHPO:
         log_scale: bool = True,
         initial_design: int | None = None,
         incumbent_epochs: int | None = None,
+        scheduler_address: str | None = None,
+        cluster: Mapping[str, Any] | None = None,
+        concurrent_trials: int = 1,
     ):
         # every option in its type and range: SMAC and ConfigSpace fail deep inside otherwise
         self.n_trials = integer(n_trials, "hpo.n_trials", low=1)
@@ -111,6 +125,15 @@ class SmacHPO:
         if self.multi_fidelity and self.min_budget > self.max_budget:
             raise UsamError(
                 f"need 1 <= hpo.min_budget <= hpo.max_budget, got {min_budget}, {max_budget}"
+            )
+        check_settings(scheduler_address, cluster)
+        self.scheduler_address, self.cluster = scheduler_address or None, cluster
+        self.dask = uses_dask(self.n_workers, self.scheduler_address, self.cluster)
+        self.concurrent_trials = integer(concurrent_trials, "hpo.concurrent_trials", low=1)
+        if self.concurrent_trials > 1 and self.dask:
+            raise UsamError(
+                "hpo.concurrent_trials > 1 trains trials together in this process; it does not "
+                "combine with Dask workers (hpo.n_workers, scheduler_address, cluster): pick one"
             )
         self.ranges = {
             "lr": interval(lr, "hpo.lr", low=0, low_open=True),
@@ -181,7 +204,9 @@ class SmacHPO:
                 else {}
             ),
         )
-        threads = max(1, (os.cpu_count() or 1) // self.n_workers) if self.n_workers > 1 else None
+        # local workers share this machine's cores; torch would otherwise take them all in each
+        local = self.dask and not (self.scheduler_address or self.cluster)
+        threads = max(1, (os.cpu_count() or 1) // self.n_workers) if local else None
         target = _Target(objective, hp, threads)
         bar = tqdm(
             total=self.n_trials, desc=f"{name} SMAC trials", unit="trial", disable=not self.progress
@@ -202,7 +227,8 @@ class SmacHPO:
                 return None
 
         logging.getLogger("smac").setLevel(logging.WARNING)
-        client = self._dask_client(out_dir) if self.n_workers > 1 else None
+        dask = self._dask(out_dir) if self.dask else None
+        client = dask.client if dask is not None else None
         try:
             common = dict(logging_level=False, callbacks=[Report()], overwrite=True)
             fn = target.train_budget if self.multi_fidelity else target.train
@@ -220,12 +246,17 @@ class SmacHPO:
             if self.multi_fidelity:
                 common["intensifier"] = MultiFidelityFacade.get_intensifier(scenario, eta=self.eta)
             smac = facade(scenario, fn, **common)
-            incumbent = smac.optimize()
+            if self.concurrent_trials > 1:
+                incumbent = _optimize_in_batches(
+                    smac, objective, target, self.concurrent_trials, self.multi_fidelity
+                )
+            else:
+                incumbent = smac.optimize()
             best_loss = float(smac.runhistory.get_cost(incumbent))
         finally:
             bar.close()
-            if client is not None:
-                client.close()
+            if dask is not None:
+                dask.close()
         if isinstance(incumbent, list):  # only multi-objective runs return several
             incumbent = incumbent[0]
         epochs = self.incumbent_epochs or (self.max_budget if self.multi_fidelity else None)
@@ -253,20 +284,13 @@ class SmacHPO:
         }
         return best, info
 
-    def _dask_client(self, out_dir: Path):
-        from dask.distributed import Client
-
-        # a client that starts its own local cluster also shuts it down on close()
-        client = Client(
+    def _dask(self, out_dir: Path):
+        return connect(
             n_workers=self.n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            local_directory=str(out_dir / "dask"),
+            scheduler_address=self.scheduler_address,
+            cluster=self.cluster,
+            local_directory=out_dir / "dask",
         )
-        # SMAC counts free workers when it submits; before they connect it sees none and stalls
-        client.wait_for_workers(self.n_workers, timeout=120)
-        return client
 
 
 def _dask_runner(scenario, fn: Callable, client, required: list[str]):
@@ -295,3 +319,26 @@ def _dask_runner(scenario, fn: Callable, client, required: list[str]):
     )
     runner._sent = {}
     return runner
+
+
+def _optimize_in_batches(smac, objective: Objective, target: _Target, k: int, multi_fidelity: bool):
+    """SMAC's ask/tell loop, `k` trials per batch, trained together when the objective can
+    (`objective.many`, usam.stacked), else one after another. Like k parallel workers, SMAC
+    proposes a batch before it sees the batch's results; the losses do not depend on whether
+    the batch is trained together or in turn."""
+    import time
+
+    from smac.runhistory.dataclasses import TrialValue
+
+    many = getattr(objective, "many", None) or (lambda hps: [objective(hp) for hp in hps])
+    limit = smac.scenario.walltime_limit
+    start, asked = time.time(), 0
+    while asked < smac.scenario.n_trials and time.time() - start < limit:
+        infos = [smac.ask() for _ in range(min(k, smac.scenario.n_trials - asked))]
+        asked += len(infos)
+        t0 = time.time()
+        costs = many([target.hp(i.config, i.budget if multi_fidelity else None) for i in infos])
+        seconds = (time.time() - t0) / len(infos)
+        for info, cost in zip(infos, costs, strict=True):
+            smac.tell(info, TrialValue(cost=told(cost), time=seconds))
+    return smac.intensifier.get_incumbent()

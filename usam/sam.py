@@ -331,7 +331,8 @@ class SamModel:
         # upstream fixes these for 1024 inputs; the encoder's levels are strides 4, 8, 16
         s = self.image_size
         self.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
-        self.encoder_passes = 0
+        self.encoder_passes = 0  # images encoded (a batch of B counts B)
+        self._img_idx = -1  # which image of the last set_images `decode` uses (-1: the only one)
         self._captured: dict[Any, torch.Tensor] | None = None
         self._hooks = self._install_hooks()
         self.compiled = bool(compile_decoder)
@@ -421,6 +422,32 @@ class SamModel:
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode one H x W x 3 uint8 RGB image; every later `decode` uses it."""
+        image = self._check_image(image)
+        with torch.inference_mode(), self._autocast():
+            self.predictor.set_image(image)
+        self._img_idx = -1
+        self.encoder_passes += 1
+
+    def set_images(self, images: Sequence[np.ndarray]) -> None:
+        """Encode several images in one encoder call (SAM 2's set_image_batch; on a GPU one
+        batch costs less than its images one by one); `use_image(i)` picks the one `decode` uses."""
+        images = [self._check_image(im) for im in images]
+        if not images:
+            raise UsamError("SamModel.set_images needs at least one image")
+        with torch.inference_mode(), self._autocast():
+            self.predictor.set_image_batch(images)
+        self._img_idx = 0
+        self.encoder_passes += len(images)
+
+    def use_image(self, index: int) -> None:
+        """Decode against image `index` of the last `set_images` (-1: the last one)."""
+        n = len(self.predictor._orig_hw) if self.predictor._is_image_set else 0
+        if not -n <= index < n:
+            raise UsamError(f"SamModel.use_image({index}): {n} images are set")
+        self._img_idx = int(index)
+
+    @staticmethod
+    def _check_image(image: np.ndarray) -> np.ndarray:
         if (
             not isinstance(image, np.ndarray)
             or image.dtype != np.uint8
@@ -433,9 +460,7 @@ class SamModel:
             raise UsamError(f"SamModel.set_image needs an H x W x 3 uint8 RGB array, got {got}")
         if not image.flags.writeable:  # e.g. an albumentations flip; torch warns on those
             image = image.copy()
-        with torch.inference_mode(), self._autocast():
-            self.predictor.set_image(image)
-        self.encoder_passes += 1
+        return image
 
     def decode(
         self, points: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor
@@ -491,10 +516,16 @@ class SamModel:
                 # the predictor's own prompt path (coords scaled to the model's input frame);
                 # 3-D inputs keep the batch dimension even when B == 1
                 mask_in, coords, lab, box = p._prep_prompts(
-                    points, labels, boxes, mask_input, normalize_coords=True
+                    points, labels, boxes, mask_input, normalize_coords=True, img_idx=self._img_idx
                 )
                 masks, scores, low_res = p._predict(
-                    coords, lab, box, mask_in, multimask_output=True, return_logits=False
+                    coords,
+                    lab,
+                    box,
+                    mask_in,
+                    multimask_output=True,
+                    return_logits=False,
+                    img_idx=self._img_idx,
                 )
             captured = self._captured
         finally:
@@ -561,7 +592,7 @@ class SamModel:
             self._captured = None
 
     def _empty(self) -> Decoded:
-        h, w = self.predictor._orig_hw[0]
+        h, w = self.predictor._orig_hw[self._img_idx]
         r, c = self.low_res_size, int(self.model.sam_mask_decoder.transformer_dim)
 
         def z(*shape, dtype=torch.float32):

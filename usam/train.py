@@ -281,6 +281,14 @@ class Objective:
             loss if math.isfinite(loss) else 1.0
         )  # a diverged run: the worst MSE a sigmoid can reach
 
+    def many(self, hps: list[dict[str, Any]]) -> list[float]:
+        """The losses of several settings trained together on one device (usam.stacked);
+        equal to calling this objective on each, up to float rounding."""
+        from usam.stacked import stacked_losses
+
+        step = "eager" if self.trainer.step == "autograd" else self.trainer.step
+        return stacked_losses(self.trainer, self.data, [{**self.base, **hp} for hp in hps], step)
+
 
 class Trainer:
     """Fits one predictor: load and check data, search (via `hpo`), fit, evaluate, refit, save."""
@@ -294,7 +302,11 @@ class Trainer:
         refit_all: bool = True,
         eval_batch_size: int = 8192,
         progress: bool = True,
+        step: str = "autograd",
     ):
+        if step not in ("autograd", "eager", "compile", "cuda_graph"):
+            raise UsamError(f"trainer.step={step!r}: choose autograd, eager, compile or cuda_graph")
+        self.step = step  # autograd: torch.optim; the others: usam.stacked's step (K = 1)
         val_fraction = number(
             val_fraction, "trainer.val_fraction", low=0, high=1, low_open=True, high_open=True
         )
@@ -421,6 +433,10 @@ class Trainer:
         desc: str | None = None,
     ) -> tuple[UsamMLP, list[float]]:
         """Train a fresh MLP; same seed and device give the same weights. Returns (model, train losses)."""
+        if self.step != "autograd":
+            from usam.stacked import fit_one
+
+            return fit_one(self, x, y, hp, val=val, on_epoch=on_epoch)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(self.seed)
             model = UsamMLP(in_features=x.shape[1], hidden=hp.get("hidden", (512, 512)))

@@ -82,6 +82,7 @@ class DatasetReader:
     splits: dict[str, str] = {}
     video: bool = False
     layout: str = ""  # human description of the expected tree, used in error messages
+    parallel_load: bool = True  # `load` keeps no state between calls: several threads may call it
 
     def __init__(
         self,
@@ -199,19 +200,31 @@ class DatasetReader:
     def try_load(self, entry: Entry) -> Sample | None:
         """Load and count one entry; a broken one is logged, counted and returns None."""
         try:
-            sample = self.load(entry)
-            check_sample(sample, entry.name)
-            self.check_count(len(sample.masks), entry.name)
+            return self.count(entry, self.load_checked(entry))
         except SampleError as err:
+            return self.count(entry, err)
+
+    def load_checked(self, entry: Entry) -> Sample:
+        """`load` plus the shape checks, counting nothing: safe in a background thread
+        (usam.prefetch) when `parallel_load` is true."""
+        sample = self.load(entry)
+        check_sample(sample, entry.name)
+        self.check_count(len(sample.masks), entry.name)
+        return sample
+
+    def count(self, entry: Entry, loaded: Sample | SampleError) -> Sample | None:
+        """The accounting of `try_load`, in the caller's thread: a SampleError is logged and
+        counted (or raised with strict=True) and gives None."""
+        if isinstance(loaded, SampleError):
             if self.strict:
-                raise
-            log.warning("skipping %s: %s", err.path, err.reason)
-            self.stats.unreadable.append({"file": err.path, "reason": err.reason})
+                raise loaded
+            log.warning("skipping %s: %s", loaded.path, loaded.reason)
+            self.stats.unreadable.append({"file": loaded.path, "reason": loaded.reason})
             return None
         self.stats.images += 1
-        self.stats.instances += len(sample.masks)
-        self.stats.empty += not sample.masks
-        return sample
+        self.stats.instances += len(loaded.masks)
+        self.stats.empty += not loaded.masks
+        return loaded
 
 
 # -- file helpers shared by the readers -------------------------------------------------------

@@ -121,6 +121,8 @@ class SAV(DatasetReader):
                 f"got {annotation_set!r}"
             )
         self.annotation_set = annotation_set
+        # train frames come from one open video read forward: one loader thread at a time
+        self.parallel_load = split != "train"
         if isinstance(train_subsets, str):
             train_subsets = [train_subsets]
         self.train_subsets = None if train_subsets is None else [str(s) for s in train_subsets]
