@@ -115,8 +115,6 @@ class BatchedFake(FakeModel):
 def extract(tmp_path, name, *, prefetch=0, images_per_call=1, done=(), broken=(5,)):
     models = FakeModels([BatchedFake("tiny", 1.0), BatchedFake("large", 0.5)])
     writer = RecordWriter(root=tmp_path / name, dataset="d", split="val")
-    for k in done:  # a record from an earlier run: resume skips it
-        writer.write(f"v/{k:05d}.jpg", {"name": "earlier"}, {"x": np.zeros(1, np.float32)})
     ex = Extractor(
         models=models,
         augment=TwoVariants(),
@@ -125,6 +123,9 @@ def extract(tmp_path, name, *, prefetch=0, images_per_call=1, done=(), broken=(5
         images_per_call=images_per_call,
     )
     reader = Images(tmp_path, broken=broken)
+    writer.settings = ex.settings(reader)  # an earlier run of the same settings: resume skips it
+    for k in done:
+        writer.write(f"v/{k:05d}.jpg", {"name": "earlier"}, {"x": np.zeros(1, np.float32)})
     summary = ex.run(reader)
     files = sorted(p for p in (tmp_path / name).rglob("*") if p.is_file())
     content = {
