@@ -62,7 +62,7 @@ def child_build(records: str, out: str, offload: bool) -> dict:
 
 
 def child_read(out: str, batch: int = 256, batches: int = 200) -> dict:
-    from usam.containers import Container
+    from usam.container import Container
 
     start = time.perf_counter()
     c = Container.open(out)

@@ -190,7 +190,7 @@ def main() -> None:
         t.fit(x, y, hp, on_epoch=tick)
         steps[step] = float(np.mean(epochs_fast))
 
-    from usam.containers import Container
+    from usam.container import Container
 
     c = Container.open(container)
     tokens, target = np.ascontiguousarray(c.tokens), np.asarray(c[args.target])

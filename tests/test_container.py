@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from records import make_record, token_code, write_record
 
-from usam.container import ContainerWriter, run
-from usam.containers import Container
+from usam.container import Container, ContainerWriter, run
 from usam.errors import UsamError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -392,7 +391,7 @@ def test_stage_via_config(hand_made, tmp_path, compose_cfg):
     # several roots, and the writer is whatever class the config names
     overrides = [f"roots=[{hand_made},{hand_made}]", f"out={tmp_path / 'x'}", "augmented=false"]
     cfg = compose_cfg("container", overrides)
-    assert cfg.writer._target_ == "usam.container.ContainerWriter"
+    assert cfg.writer._target_ == "usam.container.writer.ContainerWriter"
     assert run(cfg)["rows"] == 5
 
 

@@ -15,8 +15,7 @@ import pytest
 import torch
 from records import make_record, write_record
 
-from usam.container import ContainerWriter
-from usam.containers import Container
+from usam.container import Container, ContainerWriter
 from usam.errors import UsamError
 from usam.evaluate import Evaluator, run
 from usam.mlp import UsamMLP, save_bundle

@@ -10,7 +10,7 @@ import numpy as np
 from tests.video_trees import tracking_davis as davis_tree
 from usam import container as container_stage
 from usam import train as train_stage
-from usam.containers import Container
+from usam.container import Container
 from usam.extract_video import run
 from usam.storage import read_tensors
 

@@ -16,8 +16,7 @@ import torch
 from records import make_record, write_record
 from test_train import REPO, hand_container, linear_container, train_cfg
 
-from usam.container import ContainerWriter
-from usam.containers import Container
+from usam.container import Container, ContainerWriter
 from usam.errors import UsamError
 from usam.mlp import load_bundle
 from usam.protocol import group_table, read_seen, seen_rows, split_groups

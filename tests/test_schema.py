@@ -34,6 +34,6 @@ def test_the_stages_read_the_one_table():
 
 
 def test_the_container_reader_imports_neither_torch_nor_hydra():
-    code = "import sys, usam.containers; print('torch' in sys.modules, 'hydra' in sys.modules)"
+    code = "import sys, usam.container; print('torch' in sys.modules, 'hydra' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

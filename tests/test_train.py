@@ -14,8 +14,7 @@ import pytest
 import torch
 from records import make_record, write_record
 
-from usam.container import ContainerWriter
-from usam.containers import Container
+from usam.container import Container, ContainerWriter
 from usam.errors import UsamError
 from usam.mlp import Predictor, UsamMLP, load_bundle, predict, save_bundle
 from usam.train import (

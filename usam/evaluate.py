@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from usam import CONF_DIR
 from usam.cli import run_stage, save_run
-from usam.containers import Container
+from usam.container import Container
 from usam.errors import UsamError
 from usam.evaluation import (
     MEASURES,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from usam.containers import Container, _group_rank
+from usam.container.reader import Container, _group_rank
 from usam.errors import UsamError
 from usam.storage import write_json
 

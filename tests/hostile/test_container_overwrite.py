@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from records import make_record, write_record
 
-from usam.container import ContainerWriter, run
-from usam.containers import Container
+from usam.container import Container, ContainerWriter, run
 from usam.errors import UsamError
 
 

@@ -15,8 +15,7 @@ import torch
 from records import make_record, write_record
 
 from usam.cli import user_error
-from usam.container import ContainerWriter
-from usam.containers import Container
+from usam.container import Container, ContainerWriter
 from usam.errors import UsamError
 from usam.mlp import UsamMLP
 from usam.train import Diverged, Objective, Trainer, check_finite_model, run

@@ -1,6 +1,4 @@
-"""python -m usam.container dataset=<name> [roots=[dir,...]] [out=dir] [offload=true] [augmented=false]
-
-Stage 2: turns stage 1's per-image records into one training container, a directory
+"""Stage 2's writer: turns stage 1's per-image records into one training container, a directory
 with one row per image x instance x model x variant:
 
   meta.json           schema, kind, rows, models, variants, columns, sources, random_weights
@@ -13,7 +11,8 @@ Only .npy and JSON: no pickle, and every array opens memory-mapped, so opening c
 the same for 1k or 100M rows. The build always streams (two passes over the records,
 rows appended to the files), so its memory does not grow with the dataset; `offload`
 only decides whether `Container.open` maps the files (offload) or loads them (default).
-The reader is `usam.containers.Container`.
+The reader is `usam.container.Container` (usam/container/reader.py); the entrypoint
+`python -m usam.container` is usam/container/__main__.py.
 """
 
 from __future__ import annotations
@@ -29,15 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from tqdm import tqdm
 
-from usam import CONF_DIR
-from usam.cli import run_stage, save_run
-from usam.containers import (
+from usam.container.reader import (
     CODES,
     PER_MODEL,
     SCHEMA,
@@ -52,7 +46,7 @@ from usam.storage import MismatchedPair, make_temp_dir, read_verified, remove_st
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Container", "ContainerWriter", "run", "main"]
+__all__ = ["ContainerWriter"]
 
 VARIANT_ORDER = ("original", "jpeg10", "jpeg30", "noise", "blur")
 RECORD_KEYS = (
@@ -674,17 +668,3 @@ def _numbers(values: Any, where: str, shape: tuple[int, ...] | None = None) -> n
         expected = f"{shape[-1]} numbers" if shape else "numbers"
         raise _Bad(f"{where} must be a list of {expected}, got {str(values)[:80]}")
     return a
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    writer = instantiate(cfg.writer)
-    return save_run(cfg, writer.write())
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="container")
-def main(cfg: DictConfig) -> None:
-    run_stage(run, cfg)
-
-
-if __name__ == "__main__":
-    main()

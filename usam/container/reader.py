@@ -1,4 +1,4 @@
-"""Reading a training container (written by `usam.container`): rows, columns, views, split.
+"""Reading a training container (written by `python -m usam.container`): rows, columns, views, split.
 
 A `Container` is the directory opened either memory-mapped (nothing read until used,
 for datasets larger than RAM) or loaded into memory. `filter`, `subset` and `split`
