@@ -253,3 +253,23 @@ def test_compose_and_instantiate(root: Path) -> None:
     assert isinstance(reader, Coco)
     assert (reader.name, reader.split, reader.min_area) == ("coco", "val", 10)
     assert len(reader) == 5
+
+
+def test_min_area_boundary_keeps_area_equal_to_it(tmp_path: Path) -> None:
+    """SPEC: skip annotations with area < 10; exactly 10 is kept, 9.99 is not (the `area`
+    field decides, not the decoded pixel count)."""
+    anns = [
+        ann(11, 42, [rect(0, 0, 2, 5)], area=10.0),  # on the boundary: kept
+        ann(12, 42, [rect(4, 0, 6, 5)], area=9.99),  # just below: dropped
+        ann(13, 42, [rect(8, 0, 9, 5)], area=10.5),  # just above: kept
+        ann(14, 7, [rect(0, 0, 3, 3)], area=9.0),  # b.jpg: dropped
+    ]
+    root = make_tree(tmp_path / "COCO", anns=anns)
+    by_name = {s.name: s for s in Coco(root=root)}
+    assert sorted(by_name["val2017/a.jpg"].masks) == [11, 13]
+    np.testing.assert_array_equal(by_name["val2017/a.jpg"].masks[11], box(0, 0, 2, 5))
+    assert by_name["val2017/b.jpg"].masks == {}
+    # a user threshold on the boundary behaves the same way
+    by_name = {s.name: s for s in Coco(root=root, min_area=9)}
+    assert sorted(by_name["val2017/a.jpg"].masks) == [11, 12, 13]
+    assert sorted(by_name["val2017/b.jpg"].masks) == [14]
