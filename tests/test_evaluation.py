@@ -333,3 +333,11 @@ def test_pearson_edges():
         assert np.isnan(pearson([1.0, 1.0, 1.0], [0.0, 0.5, 2.0]))
     m = pearson_matrix([np.array([0.0, 1.0, 3.0]), np.array([3.0, 1.0, 0.0])])  # a list, no names
     assert m[0, 1] == m[1, 0] and m[0, 1] == pytest.approx(-13 / 14)
+
+
+def test_ties_below_the_top_share_their_mean_gain():
+    # most uncertain: sample 2 (gain 0); then samples 0 and 1 tie (gains 0.1, 0.6: 0.35 each)
+    u = np.array([0.5, 0.5, 0.9, 0.1])
+    np.testing.assert_allclose(
+        correction_curve(CHEAP, REFINED, u, R3), [0.5, 0.5, 0.5 + 0.35 / 4], rtol=1e-12
+    )
