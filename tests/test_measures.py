@@ -197,3 +197,15 @@ def test_iou_of_single_pixels_and_of_one_gt_per_row():
     out = mask_iou(preds, gts)
     assert out.shape == (2, 3)
     assert out.flatten().tolist() == pytest.approx([1 / 4, 1.0, 0.0, 4 / 16, 1 / 16, 1.0])
+
+
+def test_weights_summing_below_one_are_scaled_up():
+    assert score_weights(torch.tensor([0.1, 0.3])).tolist() == pytest.approx([0.25, 0.75])
+    maps = torch.stack([full(0.2), full(0.6)])
+    assert mixture(maps, [0.1, 0.3])[0, 0].item() == pytest.approx(0.5)
+
+
+def test_entropy_passes_its_eps_on():
+    # eps below the default: an all-zero map is clipped to 1e-9, not to 1e-6
+    zeros = torch.zeros(4, 4, dtype=torch.float64)
+    assert entropy(zeros, eps=1e-9).item() == pytest.approx(h(1e-9), rel=1e-9)
