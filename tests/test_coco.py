@@ -248,3 +248,80 @@ def test_compose_and_instantiate(root: Path, compose_cfg) -> None:
     assert isinstance(reader, Coco)
     assert (reader.name, reader.split, reader.min_area) == ("coco", "val", 10)
     assert len(reader) == 5
+
+
+def test_min_area_boundary_keeps_area_equal_to_it(tmp_path: Path) -> None:
+    """SPEC: skip annotations with area < 10; exactly 10 is kept, 9.99 is not (the `area`
+    field decides, not the decoded pixel count)."""
+    anns = [
+        ann(11, 42, [rect(0, 0, 2, 5)], area=10.0),  # on the boundary: kept
+        ann(12, 42, [rect(4, 0, 6, 5)], area=9.99),  # just below: dropped
+        ann(13, 42, [rect(8, 0, 9, 5)], area=10.5),  # just above: kept
+        ann(14, 7, [rect(0, 0, 3, 3)], area=9.0),  # b.jpg: dropped
+    ]
+    root = make_tree(tmp_path / "COCO", anns=anns)
+    by_name = {s.name: s for s in Coco(root=root)}
+    assert sorted(by_name["val2017/a.jpg"].masks) == [11, 13]
+    np.testing.assert_array_equal(by_name["val2017/a.jpg"].masks[11], box(0, 0, 2, 5))
+    assert by_name["val2017/b.jpg"].masks == {}
+    # a user threshold on the boundary behaves the same way
+    by_name = {s.name: s for s in Coco(root=root, min_area=9)}
+    assert sorted(by_name["val2017/a.jpg"].masks) == [11, 12, 13]
+    assert sorted(by_name["val2017/b.jpg"].masks) == [14]
+
+
+# -- from the mutation run (docs/testing.md): each test kills mutants that survived ----------
+def test_index_logs_what_it_read_and_dropped(tmp_path: Path, caplog) -> None:
+    """3 crowd, 2 small, 2 orphans (all counts differ); an annotation without `iscrowd` is kept."""
+    no_flag = ann(601, 7, [rect(0, 0, 5, 5)])
+    del no_flag["iscrowd"]
+    extra = [
+        ann(107, 7, [rect(0, 0, 4, 4)], iscrowd=1),
+        ann(502, 777, [rect(0, 0, 4, 4)]),
+        no_flag,
+    ]
+    root = make_tree(tmp_path / "COCO", anns=ANNS + extra)
+    ann_file = root / "annotations/instances_val2017.json"
+    with caplog.at_level(logging.INFO, logger="usam.datasets.coco"):
+        reader = Coco(root=root)
+        entries = reader.entries
+    assert [r.getMessage() for r in caplog.records] == [
+        f"reading {ann_file}",
+        f"{ann_file}: 2 annotations refer to no listed image; ignored",
+        "instances_val2017.json: 5 images; dropped 3 crowd and 2 annotations with area < 10",
+    ]
+    b = next(e for e in entries if e.name == "val2017/b.jpg")
+    assert [a for a, _ in b.info["anns"]] == [601]
+
+
+def test_bad_input_messages_are_exact(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as err:
+        rle_counts("P")  # 'P' - 48 has the continuation bit set and nothing follows
+    assert str(err.value) == "compressed RLE string ends inside a number"
+    assert rle_counts(b"52") == rle_counts("52") == [5, 2]  # bytes as well as str
+    reader = Coco(root=make_tree(tmp_path / "COCO"))
+    cases = [
+        ({"size": [H, W], "counts": [3, 2]}, f"RLE counts cover 5 pixels, image has {H * W}"),
+        ("oops", "neither a polygon list nor an RLE dict"),
+    ]
+    for seg, message in cases:
+        with pytest.raises(SampleError) as err:
+            reader.decode(seg, H, W, 9)
+        assert err.value.reason == f"annotation 9: bad segmentation ({message})"
+    (tmp_path / "COCO/annotations/instances_val2017.json").write_text('{"annotations": []}')
+    with pytest.raises(UsamError) as err:
+        len(Coco(root=tmp_path / "COCO"))
+    assert str(err.value).endswith(
+        "is not a COCO instances file (KeyError: 'images'); expected 'images' with "
+        "id/file_name/width/height and 'annotations' with id/image_id/area/iscrowd/segmentation"
+    )
+
+
+def test_decode_gives_bool_masks_and_takes_zero_length_runs(tmp_path: Path) -> None:
+    reader = Coco(root=make_tree(tmp_path / "COCO"))
+    assert reader.decode([[1, 1, 5, 5]], H, W, 1).dtype == bool  # degenerate polygon: empty
+    polygon = reader.decode([rect(2, 3, 10, 8)], H, W, 1)
+    assert polygon.dtype == bool and polygon.sum() == 40
+    # an RLE may start with a zero-length background run (the mask starts at pixel 0)
+    starts_on = reader.decode({"size": [H, W], "counts": [0, 5, H * W - 5]}, H, W, 2)
+    np.testing.assert_array_equal(starts_on, box(0, 0, 1, 5))

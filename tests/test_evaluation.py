@@ -245,3 +245,99 @@ def test_use_case_table():
     )
     for case in USE_CASES.values():
         assert all(p.format(model="large") in PREDICTOR_DIRECTION for p in case.predictors)
+
+
+# -- from the mutation run (docs/testing.md): each test kills mutants that survived ----------
+def test_default_r_grid_is_used_when_r_is_not_given():
+    r = r_grid()
+    assert len(r) == 51 and r[0] == 0.0 and r[-1] == 0.5
+    u = np.array([0.2, 0.9, 0.1, 0.0])  # sample 1 (gain 0.6) first, then sample 0 (gain 0.1)
+    np.testing.assert_allclose(
+        correction_curve(CHEAP, REFINED, u), correction_curve(CHEAP, REFINED, u, r)
+    )
+    np.testing.assert_allclose(random_curve(CHEAP, REFINED), 0.5 + r * 0.175)
+    curves, aucs = compare(CHEAP, REFINED, {"u": u})
+    assert len(curves["u"]) == 51 and curves["u"][-1] == pytest.approx(0.675)
+    assert aucs["oracle"] == 1.0
+
+
+def test_r_grid_bounds_and_message():
+    np.testing.assert_array_equal(r_grid(1.0, 2), [0.0, 1.0])  # r_max = 1 and 2 points allowed
+    for bad in ((0.0, 5), (1.5, 5), (0.5, 1)):
+        with pytest.raises(ValueError) as err:
+            r_grid(*bad)
+        assert str(err.value) == (
+            f"need 0 < r_max <= 1 and points >= 2, got r_max={bad[0]}, points={bad[1]}"
+        )
+
+
+def test_random_curve_clips_r_to_0_1():
+    r = np.array([-0.5, 0.0, 1.0, 1.5])
+    np.testing.assert_allclose(random_curve(CHEAP, REFINED, r), [0.5, 0.5, 0.675, 0.675])
+
+
+def test_integer_inputs_are_computed_as_floats():
+    """0/1 hit-or-miss IoUs and small integer scores as uint8: a loss must not wrap to 255."""
+    cheap = np.array([1, 0, 1], np.uint8)
+    refined = np.array([0, 1, 1], np.uint8)  # gains -1, +1, 0
+    u = np.array([1, 2, 0], np.uint8)  # sample 1 most uncertain, then sample 0
+    curve = correction_curve(cheap, refined, u, np.array([0.0, 1 / 3, 2 / 3]))
+    np.testing.assert_allclose(curve, [2 / 3, 1.0, 2 / 3])
+    np.testing.assert_array_equal(orient(np.array([1, 2], np.uint8), LOW), [-1.0, -2.0])
+    assert area(np.array([3, 1], np.uint8), np.array([0.0, 1.0])) == -1.0
+
+
+def test_use_case_columns_fill_in_the_model_everywhere():
+    from usam.evaluation import UseCase
+
+    case = UseCase(
+        cheap="iou_{model}",
+        refined="dense_{model}",
+        sam_score="score_{model}",
+        predictors=("a_{model}",),
+    )
+    assert case.columns("small") == ("iou_small", "dense_small", "score_small", ("a_small",))
+    assert USE_CASES["prompt_refinement"].columns("large") == (
+        "iou",
+        "iou_dense_prompt",
+        "sam_score",
+        ("prompt_gap", "iou_large"),
+    )
+
+
+def test_error_messages_name_the_fix():
+    cases = [
+        (lambda: orient([1.0], "up"), "direction must be 'high' or 'low', got 'up'"),
+        (lambda: correction_curve([], [], []), "no samples"),
+        (
+            lambda: correction_curve([0.5, np.nan], [1.0, 1.0], [0.0, 1.0]),
+            "cheap and refined IoUs must be finite (drop NaN rows first)",
+        ),
+        (
+            lambda: correction_curve([0.5, 0.2], [1.0, 1.0], [0.0, np.nan]),
+            "scores must be finite (drop NaN rows first)",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == message
+
+
+def test_pearson_edges():
+    import warnings
+
+    assert pearson([0.0, 0.1, 0.2], [0.0, 0.1, 0.3]) == pytest.approx(27 / np.sqrt(756), rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a constant column gives NaN without a 0/0
+        assert np.isnan(pearson([1.0, 1.0, 1.0], [0.0, 0.5, 2.0]))
+    m = pearson_matrix([np.array([0.0, 1.0, 3.0]), np.array([3.0, 1.0, 0.0])])  # a list, no names
+    assert m[0, 1] == m[1, 0] and m[0, 1] == pytest.approx(-13 / 14)
+
+
+def test_ties_below_the_top_share_their_mean_gain():
+    # most uncertain: sample 2 (gain 0); then samples 0 and 1 tie (gains 0.1, 0.6: 0.35 each)
+    u = np.array([0.5, 0.5, 0.9, 0.1])
+    np.testing.assert_allclose(
+        correction_curve(CHEAP, REFINED, u, R3), [0.5, 0.5, 0.5 + 0.35 / 4], rtol=1e-12
+    )

@@ -441,3 +441,176 @@ def test_record_names_with_dots_keep_their_stem(tmp_path):
     ]
     assert w.done("v/frame.001.jpg") and w.done("v/frame.002.jpg")
     assert w.read("v/frame.002.jpg")["dataset"] == "d"
+
+
+# -- asymmetric stand-ins: every prompt, model and mask gives a different answer ----------------
+def best_value(x: float, y: float, gain: float) -> float:
+    """PointModel's constant best map for a single-point prompt at (x, y): distinct per pixel
+    of the prompt region (columns 0, 1 of GT), scaled per model."""
+    return gain * (0.1 + 0.05 * y + 0.4 * x)
+
+
+POINT_SCORES = [0.3, 0.6, 0.1]  # by mask index; the best mask's score varies with the prompt
+FULL_MAP, EMPTY_MAP = 0.9, 0.05  # constant maps of the whole-image and the empty mask
+
+
+class PointModel(FakeModel):
+    """Single-point prompt at (x, y): the best mask (= GT, IoU 1) is mask (x + y) % 3, its map
+    the constant best_value(x, y, gain); the next mask is the whole image (IoU 0.5, map 0.9),
+    the third empty (IoU 0, map 0.05). Dense prompt: mask 0 = whole image (0.5), mask 1 = GT
+    without its last column (0.75, the best), mask 2 = empty (0)."""
+
+    def decode(self, points, labels) -> Decoded:
+        b, n = points.shape[:2]
+        self.decoded_batches.append(b)
+        masks = torch.zeros(b, 3, H, W, dtype=torch.bool)
+        probs = torch.zeros(b, 3, 4, 4)
+        for k in range(b):
+            if n > 1:
+                masks[k, 0] = True
+                masks[k, 1, :, :3] = True
+                probs[k] = torch.tensor([FULL_MAP, 0.6, EMPTY_MAP]).view(3, 1, 1)
+                continue
+            x, y = (float(v) for v in points[k, 0])
+            jb = int(x + y) % 3
+            masks[k, jb, :, :4] = True
+            masks[k, (jb + 1) % 3] = True
+            probs[k, jb] = best_value(x, y, self.gain)
+            probs[k, (jb + 1) % 3] = FULL_MAP
+            probs[k, (jb + 2) % 3] = EMPTY_MAP
+        return Decoded(
+            masks=masks,
+            scores=torch.tensor([POINT_SCORES] * b),
+            low_res_probs=probs,
+            iou_token=torch.zeros(b, 256),
+            mask_tokens=torch.zeros(b, 3, 256),
+        )
+
+
+def point_case(tmp_path, gains: dict[str, float]):
+    """One instance (GT = left half), the given models, augment=none."""
+    from usam.augment import Augmentations
+
+    sample = Sample(image=np.full((H, W, 3), 99, np.uint8), masks={4: GT}, name="p.jpg", group="p")
+    models = FakeModels([PointModel(m, g) for m, g in gains.items()])
+    ex = Extractor(
+        models=models,
+        augment=Augmentations(),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+    )
+    record, _ = ex.process(sample)
+    return record
+
+
+def test_h_prompt_mixes_the_best_map_of_every_one_of_the_eight_prompts(tmp_path):
+    record = point_case(tmp_path, {"tiny": 1.0})
+    points = record["instances"][0]["points"]
+    best = [int(x + y) % 3 for x, y in points]
+    values = [best_value(x, y, 1.0) for x, y in points]
+    # the data discriminate: the best mask and its map change between prompts
+    assert len(points) == 8 and len(set(best)) > 1 and len(set(values)) > 2
+    x = record["fields"]["tiny"]["original"]
+    assert x["best"][0] == best[0] and x["iou"][0] == 1.0
+    assert x["sam_score"][0] == pytest.approx(POINT_SCORES[best[0]])
+    assert x["entropy"][0] == pytest.approx(h(values[0]), abs=1e-5)
+    assert x["h_prompt"][0] == pytest.approx(h(np.mean(values)), abs=1e-5)
+    # neither the centre alone, nor the seven samples alone, nor mask 0 of every prompt
+    for wrong in (values[0], np.mean(values[1:])):
+        assert h(np.mean(values)) != pytest.approx(h(wrong), abs=1e-3)
+
+
+def test_iou_dense_prompt_is_the_best_of_the_three_dense_masks_not_the_first(tmp_path):
+    x = point_case(tmp_path, {"tiny": 1.0})["fields"]["tiny"]["original"]
+    assert x["iou_dense_prompt"][0] == pytest.approx(0.75)  # mask 1; mask 0 has 0.5, mask 2 0
+
+
+def test_h_theta_with_two_models_and_no_augmentation(tmp_path):
+    """augment=none, two models: h_theta mixes the two models' centre maps (mean, not sum),
+    h_augmentation is NaN, and h_all mixes every prompt's score-weighted maps of both."""
+    gains = {"tiny": 1.0, "large": 0.5}
+    record = point_case(tmp_path, gains)
+    points = record["instances"][0]["points"]
+    (cx, cy) = points[0]
+    centre = {m: best_value(cx, cy, g) for m, g in gains.items()}
+    assert centre["tiny"] != centre["large"]
+    w = np.array(POINT_SCORES) / sum(POINT_SCORES)
+    mixed = []  # score-weighted mixture of the three maps, per model and prompt
+    for g in gains.values():
+        for x, y in points:
+            jb = int(x + y) % 3
+            maps = np.empty(3)
+            maps[jb], maps[(jb + 1) % 3], maps[(jb + 2) % 3] = (
+                best_value(x, y, g),
+                FULL_MAP,
+                EMPTY_MAP,
+            )
+            mixed.append(float(w @ maps))
+    for m in gains:
+        x = record["fields"][m]["original"]
+        assert x["h_theta"][0] == pytest.approx(h(np.mean(list(centre.values()))), abs=1e-5)
+        assert x["entropy"][0] == pytest.approx(h(centre[m]), abs=1e-5)
+        assert np.isnan(x["h_augmentation"][0])
+        assert x["h_all"][0] == pytest.approx(h(np.mean(mixed)), abs=1e-5)
+    # a sum over the models (denominator 1 = the variant count) would be another number
+    assert h(sum(centre.values())) != pytest.approx(h(np.mean(list(centre.values()))), abs=1e-3)
+
+
+class ThresholdModel(FakeModel):
+    """Segments what it sees: mask 0 = pixels brighter than 128 (channel 0), mask 1 = the 3x3
+    square around the (first) prompt point, mask 2 = empty. Low-res maps: the image's channel
+    0 mean-pooled 2x2, /255, clipped to [0.02, 0.98], for every mask. So it is equivariant
+    with a flip, and a variant's fields equal the original's only if points are mapped
+    forward and both masks and maps back."""
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.encoder_passes += 1
+        self.image = torch.as_tensor(image[..., 0].astype(np.float32))
+
+    def decode(self, points, labels) -> Decoded:
+        b = points.shape[0]
+        self.decoded_batches.append(b)
+        masks = torch.zeros(b, 3, H, W, dtype=torch.bool)
+        masks[:, 0] = self.image > 128
+        for k in range(b):
+            x, y = (int(round(float(v))) for v in points[k, 0])
+            masks[k, 1, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = True
+        pooled = self.image.view(H // 2, 2, W // 2, 2).mean((1, 3)) / 255
+        probs = pooled.clamp(0.02, 0.98).expand(b, 3, H // 2, W // 2).clone()
+        return Decoded(
+            masks=masks,
+            scores=torch.tensor([[0.5, 0.3, 0.2]] * b),
+            low_res_probs=probs,
+            iou_token=torch.zeros(b, 256),
+            mask_tokens=torch.zeros(b, 3, 256),
+        )
+
+
+def test_flip_variant_maps_points_forward_and_masks_and_maps_back(tmp_path):
+    from omegaconf import OmegaConf
+
+    image = np.full((H, W, 3), 20, np.uint8)
+    image[1:7, :3] = 230  # the object: rows 1..6, columns 0..2 (18 px), far from the mirror
+    gt = image[..., 0] > 128
+    sample = Sample(image=image, masks={2: gt}, name="f.jpg", group="f")
+    ex = Extractor(
+        models=FakeModels([ThresholdModel("tiny", 1.0)]),
+        augment=instantiate(OmegaConf.load(REPO / "conf" / "augment" / "flip.yaml")),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+    )
+    record, _ = ex.process(sample)
+    (px, py) = record["instances"][0]["points"][0]
+    assert px == 0  # the eroded object is column 0: the 3x3 square holds 6 GT pixels
+    f = record["fields"]["tiny"]
+    pooled = image[..., 0].reshape(4, 2, 4, 2).mean((1, 3)) / 255
+    p = np.clip(pooled, 0.02, 0.98)
+    h_map = float((p * np.vectorize(h)(p)).sum() / p.sum())
+    for v in ("original", "hflip"):
+        assert list(f[v]["ious"][0]) == pytest.approx([1.0, 6 / 18, 0.0]), v
+        assert f[v]["iou"][0] == 1.0 and f[v]["iou_dense_prompt"][0] == 1.0, v
+        assert f[v]["entropy"][0] == pytest.approx(h_map, abs=1e-5), v
+        # mixing a map with its unflipped mirror would blur it: this asymmetric map would change
+        assert f[v]["h_augmentation"][0] == pytest.approx(h_map, abs=1e-5), v
+    mirror = (p + p[:, ::-1]) / 2
+    assert float((mirror * np.vectorize(h)(mirror)).sum() / mirror.sum()) != pytest.approx(
+        h_map, abs=1e-3
+    )

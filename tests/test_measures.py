@@ -7,7 +7,14 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from usam.measures import best_index, entropy, mask_iou, mixture, score_weights
+from usam.measures import (
+    best_index,
+    binary_entropy,
+    entropy,
+    mask_iou,
+    mixture,
+    score_weights,
+)
 
 
 def h(c: float) -> float:
@@ -130,3 +137,75 @@ def test_iou_agrees_with_pycocotools():
 def test_best_index_first_on_ties():
     assert best_index(torch.tensor([0.1, 0.7, 0.7])).item() == 1
     assert best_index(np.array([[0.5, 0.5, 0.5], [0.0, 0.2, 0.9]])).tolist() == [0, 2]
+
+
+# -- from the mutation run (docs/testing.md): each test kills mutants that survived ----------
+def test_binary_entropy_clips_certain_pixels_to_finite_values():
+    p = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    assert binary_entropy(p).tolist() == pytest.approx([h(1e-6), h(0.25), h(1e-6)], rel=1e-12)
+    # a larger eps is honoured
+    assert binary_entropy(p, eps=0.1).tolist() == pytest.approx([h(0.1), h(0.25), h(0.1)])
+
+
+def test_entropy_weights_a_certain_pixel_by_one_minus_eps():
+    """A pixel at p = 1 weighs 1 - eps in sum(p * h(p)) / sum(p), not 1 (nor 1 + eps)."""
+    p = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    e = 1e-6
+    want = ((1 - e) * h(e) + 0.5 * 1.0) / (1 - e + 0.5)
+    assert entropy(p).item() == pytest.approx(want, rel=1e-13)
+    assert abs(want - (h(e) + 0.5) / 1.5) > 1e-7  # the unclipped weight gives another number
+
+
+def test_half_precision_maps_are_computed_in_float32():
+    p = torch.full((4, 4), 0.3, dtype=torch.float16)
+    assert entropy(p).dtype == torch.float32 and binary_entropy(p).dtype == torch.float32
+    assert mixture(torch.stack([p, p]), [1.0, 1.0]).dtype == torch.float32
+
+
+def test_mixture_of_float64_maps_with_float32_weights_stays_float64():
+    maps = torch.stack([full(0.25, dtype=torch.float64), full(0.75, dtype=torch.float64)])
+    out = mixture(maps, torch.tensor([1.0, 3.0]))
+    assert out.dtype == torch.float64 and out[0, 0].item() == 0.625
+
+
+def test_mixture_error_names_the_fix():
+    with pytest.raises(ValueError) as err:
+        mixture(torch.zeros(2, 4, 4), torch.tensor([1.0, -1.0]))
+    assert str(err.value) == "mixture weights must be >= 0 (use score_weights for SAM scores)"
+
+
+def test_iou_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"^gt must be a bool \(or 0/1 integer\) mask"):
+        mask_iou(box(0, 0, shape=(4, 4)), torch.rand(4, 4))
+    with pytest.raises(ValueError, match=r"^pred must be a bool"):
+        mask_iou(torch.rand(4, 4), box(0, 0, shape=(4, 4)))
+    with pytest.raises(ValueError, match=r"^pred \(4,\) and gt \(4, 4\) must end in the same"):
+        mask_iou(torch.ones(4, dtype=torch.bool), box(0, 0, shape=(4, 4)))
+
+
+def test_iou_of_single_pixels_and_of_one_gt_per_row():
+    one = box(1, 2, 1, 1, shape=(4, 4))
+    assert mask_iou(one, one).item() == 1.0  # union 1 pixel
+    # extraction's layout: preds [I, 3, H, W] against gt [I, 1, H, W], a different GT per row
+    gts = torch.stack([box(0, 0, 2, 2, shape=(4, 4)), box(0, 0, 4, 4, shape=(4, 4))])[:, None]
+    preds = torch.stack(
+        [
+            torch.stack([box(0, 0, 1, 1, shape=(4, 4)), box(0, 0, 2, 2, shape=(4, 4)), one]),
+            torch.stack([box(0, 0, 2, 2, shape=(4, 4)), one, box(0, 0, 4, 4, shape=(4, 4))]),
+        ]
+    )
+    out = mask_iou(preds, gts)
+    assert out.shape == (2, 3)
+    assert out.flatten().tolist() == pytest.approx([1 / 4, 1.0, 0.0, 4 / 16, 1 / 16, 1.0])
+
+
+def test_weights_summing_below_one_are_scaled_up():
+    assert score_weights(torch.tensor([0.1, 0.3])).tolist() == pytest.approx([0.25, 0.75])
+    maps = torch.stack([full(0.2), full(0.6)])
+    assert mixture(maps, [0.1, 0.3])[0, 0].item() == pytest.approx(0.5)
+
+
+def test_entropy_passes_its_eps_on():
+    # eps below the default: an all-zero map is clipped to 1e-9, not to 1e-6
+    zeros = torch.zeros(4, 4, dtype=torch.float64)
+    assert entropy(zeros, eps=1e-9).item() == pytest.approx(h(1e-9), rel=1e-9)

@@ -134,3 +134,20 @@ def test_empty_and_bad_masks_raise():
 def test_accepts_uint8_labels():
     m = rect(30, 30, 10, 21, 10, 21).astype(np.uint8) * 7
     assert tuple(prompt_points(m, np.random.default_rng(0))[0]) == (15.0, 15.0)
+
+
+# -- from the mutation run (docs/testing.md) -------------------------------------------------
+def test_instance_rng_takes_zero_and_refuses_each_negative_argument_alone():
+    assert instance_rng(0, "a.jpg", 0).integers(10) == instance_rng(0, "a.jpg", 0).integers(10)
+    for seed, iid in ((-1, 0), (0, -2)):
+        with pytest.raises(ValueError) as err:
+            instance_rng(seed, "a.jpg", iid)
+        assert str(err.value) == f"seed and instance_id must be >= 0, got {seed}, {iid}"
+
+
+def test_prompt_region_is_a_bool_mask_and_names_an_empty_one():
+    region = prompt_region(rect(9, 9, 1, 8, 1, 8).astype(np.uint8) * 3)
+    assert region.dtype == bool and region.sum() == 9  # 7x7 eroded by 5x5: the middle 3x3
+    with pytest.raises(ValueError) as err:
+        prompt_region(np.zeros((3, 3), bool))
+    assert str(err.value) == "empty mask: no foreground pixel to prompt"

@@ -500,3 +500,63 @@ def tensorboard_tags(log_dir: Path) -> set[str]:
     acc = EventAccumulator(str(log_dir))
     acc.Reload()
     return set(acc.Tags()["scalars"])
+
+
+def test_batches_are_a_fresh_shuffle_every_epoch(monkeypatch):
+    """Each epoch visits every row once, in batches of batch_size, in an order that is neither
+    the row order nor the previous epoch's (the published code did not shuffle)."""
+    import usam.train as train_module
+
+    seen: list[list[int]] = []
+
+    class Recording(UsamMLP):
+        def forward(self, x):
+            if self.training:
+                seen.append(x[:, 0].long().tolist())
+            return super().forward(x)
+
+    monkeypatch.setattr(train_module, "UsamMLP", Recording)
+    n = 10
+    x = torch.zeros(n, 8)
+    x[:, 0] = torch.arange(n, dtype=torch.float32)  # column 0 = the row's index
+    y = torch.linspace(0.1, 0.9, n)
+    hp = {"batch_size": 4, "epochs": 3, "lr": 0.01, "momentum": 0.0, "hidden": [4]}
+    Trainer(device="cpu", seed=3, progress=False).fit(x, y, hp)
+    assert [len(b) for b in seen] == [4, 4, 2] * 3
+    epochs = [sum(seen[3 * e : 3 * e + 3], []) for e in range(3)]
+    for order in epochs:
+        assert sorted(order) == list(range(n))
+        assert order != list(range(n))
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+
+
+@pytest.mark.parametrize("refit_all", [True, False])
+def test_bundle_weights_are_the_fit_on_the_rows_it_claims(linear, tmp_path, refit_all):
+    """refit_all: the saved weights are a fresh fit on train + validation rows (train first),
+    else the fit on the training split; both differ, so a wrong choice cannot pass."""
+    from usam.hpo import NoHPO
+
+    trainer = Trainer(device="cpu", refit_all=refit_all, progress=False)
+    hp = {"batch_size": 64, "epochs": 2, "lr": 0.05, "momentum": 0.5}
+    trainer.run(
+        predictor={"target": "unsupervised_iou", **hp},
+        hpo=NoHPO(),
+        container=linear,
+        out_dir=tmp_path / "models",
+        run_dir=tmp_path / "run",
+    )
+    saved, config = load_bundle(tmp_path / "models" / "unsupervised_iou")
+    assert config["trained_on"] == ("train+val" if refit_all else "train")
+    data = Trainer(device="cpu").load(container=linear, target="unsupervised_iou")
+    hp = trainer.hyperparameters({"target": "unsupervised_iou", **hp}, data.meta, None)
+    on_all, _ = trainer.fit(
+        torch.cat([data.x_train, data.x_val]), torch.cat([data.y_train, data.y_val]), hp
+    )
+    on_train, _ = trainer.fit(data.x_train, data.y_train, hp)
+
+    def flat(model):
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    want, other = (on_all, on_train) if refit_all else (on_train, on_all)
+    assert torch.equal(flat(saved), flat(want))
+    assert not torch.allclose(flat(saved), flat(other), atol=1e-4)
