@@ -192,12 +192,19 @@ def build_sam2_model(
     random_weights: bool = False,
     seed: int = 0,
     sha256: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> torch.nn.Module:
-    """A SAM2Base in eval mode on `device`: from `checkpoint`, or seeded random weights."""
+    """A SAM2Base in eval mode on `device`: from `checkpoint`, or seeded random weights.
+
+    `overrides`: model config keys set on top of the packaged config (the video predictor's,
+    usam.video), so every SAM 2 model is built and verified by this one function.
+    """
     from hydra.utils import instantiate
 
     dev = resolve_device(device)
     cfg = model_config(config, image_size)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, f"model.{key}", value, force_add=True)
     if random_weights:
         log.warning(
             "SAM 2 (%s) has RANDOM weights (seed %d): its outputs are meaningless; "

@@ -40,12 +40,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from usam.errors import UsamError
 from usam.measures import entropy, mixture, score_weights
 from usam.mlp import Predictor, paired_token
-from usam.sam import load_checkpoint, model_config, resolve_device
+from usam.sam import build_sam2_model
 
 log = logging.getLogger(__name__)
 
@@ -253,42 +252,19 @@ def build_video_model(
     seed: int = 0,
     sha256: str | None = None,
 ) -> torch.nn.Module:
-    """A SAM2VideoPredictor in eval mode, built like `usam.sam.build_sam2_model` (no global Hydra).
-
-    Same config and post-processing as sam2's `build_sam2_video_predictor`; random weights
-    are seeded exactly as the image model's, so both have the same parameters.
-    """
-    from hydra.utils import instantiate
-
-    dev = resolve_device(device)
-    cfg = model_config(config, image_size)
-    for key, value in _VIDEO_OVERRIDES.items():
-        OmegaConf.update(cfg, f"model.{key}", value, force_add=True)
-    if random_weights:
-        log.warning(
-            "SAM 2 video predictor (%s) has RANDOM weights (seed %d): masks, scores and "
-            "estimates mean nothing; use only for tests and smoke runs",
-            config,
-            seed,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = instantiate(cfg.model, _recursive_=True)
-    else:
-        if checkpoint is None:
-            raise UsamError(f"no checkpoint given for {config}; set one (or random weights)")
-        checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise UsamError(
-                f"SAM 2 checkpoint {checkpoint.resolve()} not found; get it with: "
-                "python -m usam.download_checkpoints sam_model=<sam2.1|sam2.0>"
-            )
-        from usam.download import verify_checkpoint
-
-        verify_checkpoint(checkpoint, sha256)
-        model = instantiate(cfg.model, _recursive_=True)
-        load_checkpoint(model, checkpoint, config)
-    return model.to(dev).eval()
+    """A SAM2VideoPredictor in eval mode: `usam.sam.build_sam2_model` with the video
+    predictor's config (as sam2's `build_sam2_video_predictor`, without global Hydra); random
+    weights are seeded exactly as the image model's, so both have the same parameters."""
+    return build_sam2_model(
+        config,
+        checkpoint,
+        device=device,
+        image_size=image_size,
+        random_weights=random_weights,
+        seed=seed,
+        sha256=sha256,
+        overrides=_VIDEO_OVERRIDES,
+    )
 
 
 # --------------------------------------------------------------------------- results
