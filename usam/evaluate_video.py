@@ -67,6 +67,19 @@ class VideoTrack:
     annotated: list[tuple[int, Entry]]  # (frame position in the source, entry), in order
 
 
+def shard_videos(cfg: DictConfig) -> tuple[DatasetReader, list[VideoTrack]]:
+    """The reader of `cfg.dataset` and this shard's videos (whole videos: a track never spans
+    two shards)."""
+    if not 0 <= cfg.shard.index < cfg.shard.count:
+        raise UsamError(
+            f"need 0 <= shard.index < shard.count, got {cfg.shard.index} / {cfg.shard.count}"
+        )
+    reader = instantiate(cfg.dataset, shard_index=0, shard_count=1)
+    tracks = videos_of(reader)
+    n, k, i = len(tracks), cfg.shard.count, cfg.shard.index
+    return reader, tracks[i * n // k : (i + 1) * n // k][: cfg.max_videos]
+
+
 def videos_of(reader: DatasetReader) -> list[VideoTrack]:
     """The split's videos in reader order, each with its annotated frames' positions."""
     if not reader.video:
@@ -323,14 +336,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         meta = {"merged": [str(p) for p in _plain(cfg.frames)], "random_weights": None}
         title = ""
     else:
-        reader = instantiate(cfg.dataset, shard_index=0, shard_count=1)
-        if not 0 <= cfg.shard.index < cfg.shard.count:
-            raise UsamError(
-                f"need 0 <= shard.index < shard.count, got {cfg.shard.index} / {cfg.shard.count}"
-            )
-        tracks = videos_of(reader)
-        n, k, i = len(tracks), cfg.shard.count, cfg.shard.index
-        tracks = tracks[i * n // k : (i + 1) * n // k][: cfg.max_videos]
+        reader, tracks = shard_videos(cfg)
         predictors = predictor_sets(cfg.predictors, _plain(cfg.targets))
         vusam = from_sam_model_cfg(
             cfg.sam_model, cfg.size, predictors=predictors, checkpoint=cfg.checkpoint
@@ -359,7 +365,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         meta = {
             "dataset": reader.name,
             "split": reader.split,
-            "shard": {"index": i, "count": k},
+            "shard": {"index": cfg.shard.index, "count": cfg.shard.count},
             "videos": len(tracks),
             "sam_version": vusam.version,
             "size": vusam.size,

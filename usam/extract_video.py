@@ -37,7 +37,7 @@ from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.datasets.base import DatasetReader
 from usam.errors import SampleError, UsamError
-from usam.evaluate_video import ScoredFrame, VideoTrack, track_objects, videos_of
+from usam.evaluate_video import ScoredFrame, VideoTrack, shard_videos, track_objects
 from usam.extract import RecordWriter
 from usam.schema import FIELDS
 from usam.video import VideoUSAM, from_sam_model_cfg
@@ -194,19 +194,12 @@ class VideoExtractor:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    reader = instantiate(cfg.dataset, shard_index=0, shard_count=1)
-    if not 0 <= cfg.shard.index < cfg.shard.count:
-        raise UsamError(
-            f"need 0 <= shard.index < shard.count, got {cfg.shard.index} / {cfg.shard.count}"
-        )
-    tracks = videos_of(reader)
-    n, k, i = len(tracks), cfg.shard.count, cfg.shard.index
-    tracks = tracks[i * n // k : (i + 1) * n // k][: cfg.max_videos]
+    reader, tracks = shard_videos(cfg)
     models = [from_sam_model_cfg(cfg.sam_model, s, keep_tokens=True) for s in cfg.sam_model.sizes]
     writer = instantiate(cfg.writer)
     extractor = instantiate(cfg.extractor, writer=writer)
     summary = extractor.run(reader, tracks, models)
-    summary["shard"] = {"index": i, "count": k}
+    summary["shard"] = {"index": cfg.shard.index, "count": cfg.shard.count}
     return save_run(cfg, summary)
 
 
