@@ -22,6 +22,9 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 from usam.errors import UsamError
 from usam.mlp import UsamMLP, save_bundle
 
+# sam2 warns when it builds on CUDA-less machines (its default device is cuda)
+pytestmark = pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
+
 SEEDS = {"iou_tiny": 31, "iou_unsupervised": 32, "task_gap": 33}
 SHIFT = {"iou_tiny": 0.0, "iou_unsupervised": 0.0, "task_gap": 0.5}
 
@@ -58,7 +61,6 @@ def sam_model():
         return build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu")
 
 
-@pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda'")
 @pytest.fixture(scope="module")
 def encoded(sam_model):
     """One encoder pass (about 30 s on a loaded 2-core CPU at 1024 px) for every test below."""
