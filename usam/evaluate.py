@@ -57,19 +57,6 @@ RANDOM_WARNING = (
 )
 
 
-def open_container(path: str | Path | None) -> Container:
-    if path in (None, "", "None"):
-        raise UsamError(
-            "no container given; set container=<dir written by python -m usam.container>"
-        )
-    path = Path(str(path)).expanduser()
-    if not path.exists():
-        raise UsamError(
-            f"container {path} not found; build it with python -m usam.container (or pass container=<path>)"
-        )
-    return Container.open(path)
-
-
 class Evaluator:
     """Curves, relative AUCs and correlations of one container split; see the module docstring."""
 
@@ -454,7 +441,7 @@ class Evaluator:
         start = time.time()
         self.notes, self.bundle_dirs = [], {}
         run_dir = Path(run_dir)
-        c = open_container(container)
+        c = Container.open(container)
         model = self.pick_model(c)
         bundles = self.load_predictors(predictors, c)
         how = self.split_of(c, bundles)
@@ -515,7 +502,6 @@ class Evaluator:
             "report": str(files["report"]),
             "seconds": round(time.time() - start, 3),
         }
-        write_json(run_dir / "summary.json", summary)
         return summary
 
     def write(self, report: dict[str, Any], run_dir: Path) -> dict[str, Path]:

@@ -32,13 +32,13 @@ from tqdm import tqdm
 
 from usam import CONF_DIR
 from usam.cli import run_stage, save_run
+from usam.container import Container
 from usam.errors import UsamError
 from usam.mlp import UsamMLP, save_bundle
 from usam.options import flag, integer, number
 from usam.protocol import container_identity, group_table, split_groups, write_seen
 from usam.sam import resolve_device
 from usam.schema import TARGETS
-from usam.storage import write_json
 
 log = logging.getLogger(__name__)
 
@@ -151,20 +151,6 @@ def merged_meta(parts: Sequence[Any]) -> dict[str, Any]:
         "models": union("models"),
         "random_weights": any(bool(p.meta.get("random_weights")) for p in parts),
     }
-
-
-def open_container(path: str | Path | None, what: str):
-    from usam.container import Container
-
-    if _unset(path):
-        raise UsamError(f"no {what} given; set container=<dir written by python -m usam.container>")
-    path = Path(str(path)).expanduser()
-    if not path.exists():
-        raise UsamError(
-            f"{what} {path} not found; build it with python -m usam.container "
-            f"(or pass container=<path>)"
-        )
-    return Container.open(path)
 
 
 def target_rows(c, target: str, where: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -336,8 +322,8 @@ class Trainer:
         if target not in TARGETS:
             raise UsamError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
         paths = container_paths(container)
-        trains = [open_container(p, "container") for p in paths]
-        val = None if _unset(val_container) else open_container(val_container, "val_container")
+        trains = [Container.open(p, what="container") for p in paths]
+        val = None if _unset(val_container) else Container.open(val_container, what="val_container")
         for path, part in [*zip(paths, trains, strict=True), (val_container, val)]:
             if part is None:
                 continue
@@ -494,7 +480,7 @@ class Trainer:
         val_container: str | Path | None = None,
         dataset: str | None = None,
     ) -> dict[str, Any]:
-        """Everything for one target; returns the summary (also written to run_dir/summary.json)."""
+        """Everything for one target; returns the summary (the stage writes it to summary.json)."""
         from torch.utils.tensorboard import SummaryWriter
 
         start = time.time()
@@ -613,7 +599,6 @@ class Trainer:
             "val_loss": metrics["mse"],
             "seconds": round(time.time() - start, 3),
         }
-        write_json(run_dir / "summary.json", summary)
         log.info("%s: bundle written to %s", target, bundle)
         return summary
 

@@ -82,9 +82,24 @@ class Container:
         self._tables = {} if tables is None else tables  # loaded on first use, shared by views
 
     @classmethod
-    def open(cls, path: str | Path, mmap: bool | None = None) -> Container:
-        """Open a container directory; `mmap=None` maps it if it was built with offload=true."""
-        path = Path(path)
+    def open(
+        cls, path: str | Path | None, mmap: bool | None = None, *, what: str = "container"
+    ) -> Container:
+        """Open a container directory; `mmap=None` maps it if it was built with offload=true.
+
+        `what` is the option that named `path` (container, val_container), for the errors:
+        every stage that reads a container gets the same ones from here.
+        """
+        if path is None or str(path) in ("", "None"):  # `container=None` on a command line
+            raise UsamError(
+                f"no {what} given; set {what}=<dir written by python -m usam.container>"
+            )
+        path = Path(str(path)).expanduser()
+        if not path.exists():
+            raise UsamError(
+                f"{what} {path} not found; build it with python -m usam.container "
+                f"(or pass {what}=<path>)"
+            )
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise UsamError(
