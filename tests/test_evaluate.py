@@ -391,7 +391,7 @@ def test_bad_inputs(designed, tmp_path):
     with pytest.raises(UsamError, match="not a directory"):
         ev.run(container=container, predictors=tmp_path / "nope", split="all", run_dir=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsamError, match="no predictor bundles"):
+    with pytest.raises(UsamError, match="holds no predictor bundle"):
         ev.run(container=container, predictors=tmp_path / "empty", split="all", run_dir=tmp_path)
     with pytest.raises(UsamError, match="split="):
         ev.run(container=container, predictors=None, split="test", run_dir=tmp_path)

@@ -179,36 +179,17 @@ class Evaluator:
         return known[-1] if known else models[-1]
 
     def load_predictors(self, directory: Any, container: Container) -> dict[str, Any]:
-        """target -> Predictor for every bundle under `directory` (`<dir>/<target>/` or one bundle)."""
-        from usam.mlp import Predictor
-        from usam.schema import TARGETS
+        """target -> Predictor for every bundle under `directory` (`<dir>/<target>/` or one
+        bundle), found by the loader inference uses (usam.predictor.load_predictors)."""
+        from usam.predictor import load_predictors
 
         if directory in (None, "", "None"):
             self.note("predictors=null: USAM predictors are not evaluated, only the other measures")
             return {}
-        directory = Path(str(directory)).expanduser()
-        if not directory.is_dir():
-            raise UsamError(
-                f"predictors={directory} is not a directory; point it at the out_dir of python -m usam.train "
-                f"(it holds <target>/model.safetensors + config.json), or set predictors=null"
-            )
-        found: dict[str, Any] = {}
-        if (directory / "config.json").is_file():  # a single bundle
-            p = Predictor.load(directory, self.device)
-            found[p.target] = (p, directory)
-        for target in TARGETS:
-            if (directory / target / "config.json").is_file():
-                found[target] = (
-                    Predictor.load(directory / target, self.device),
-                    directory / target,
-                )
-        if not found:
-            raise UsamError(
-                f"no predictor bundles in {directory} (expected <target>/config.json for targets "
-                f"{', '.join(TARGETS)}); train them with python -m usam.train predictor=<target>"
-            )
+        found = load_predictors(Path(str(directory)), device=self.device)
         out = {}
-        for target, (p, where) in found.items():
+        for target, p in found.items():
+            where = p.directory
             if target not in PREDICTOR_DIRECTION:
                 self.note(
                     f"{where}: target {target!r} has no known direction; left out", logging.WARNING

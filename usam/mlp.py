@@ -175,10 +175,13 @@ class Predictor(nn.Module):
         self.target: str = config["target"]
         self.shift = float(config.get("output_shift", 0.0))
         self.pairing = token_pairing(config)
+        self.directory: Path | None = None  # the bundle it was loaded from, if any
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Predictor:
-        return cls(*load_bundle(directory, device))
+        p = cls(*load_bundle(directory, device))
+        p.directory = Path(directory)
+        return p
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -95,10 +95,10 @@ def load_predictors(
 
     `directory` may also be one bundle itself. `targets` keeps only those (each must exist).
     """
-    directory = Path(directory)
+    directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise UsamError(
-            f"predictor directory {directory.resolve()} not found; train bundles with "
+            f"predictor bundles: {directory.resolve()} not found (not a directory); train them with "
             "python -m usam.train -m 'predictor=glob(*)' out_dir=<dir> and pass that <dir>"
         )
     if (directory / "config.json").is_file():
