@@ -276,7 +276,7 @@ def test_seen_rows_are_refused_unless_allowed_and_then_labelled(designed, tmp_pa
     seg = report["use_cases"]["segmentation"]
     assert seg["rows"] + sum(seg["rows_dropped_nan"].values()) == large_val
     # the plots say so too: their title is drawn from the same label
-    from usam.evaluate import LABELS, format_table
+    from usam.report import LABELS, format_table
 
     assert format_table(report).splitlines()[0].startswith("USAM evaluation [IN-SAMPLE]")
     assert (

@@ -291,7 +291,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def write_outputs(out: Path, rows, score_names, report, plots: bool, title: str) -> dict:
-    from usam.evaluate import plot_curves, write_csv
+    from usam.report import plot_curves, write_csv
 
     header = [*KEYS, *score_names]
     files = {

@@ -328,7 +328,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             random_bundles or "none",
         )
     out = Path(cfg.out_dir)
-    from usam.evaluate import write_csv
+    from usam.report import write_csv
 
     header = ["frame", "object", "area", *columns, "prompt", "check"]
     files = {
