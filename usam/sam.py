@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,6 +232,37 @@ def build_sam2_model(
     return model.to(dev).eval()
 
 
+def hook_decoder_tokens(decoder: Any, store: Callable[[str | int, torch.Tensor], None]) -> list:
+    """Forward pre-hooks that hand SAM 2's decoder tokens to `store(key, tensor)` on every
+    decoder call: the IoU token ("iou") and the four mask tokens (0..3), read where they enter
+    their heads, so no SAM 2 code is copied. Shared by the image and the video models."""
+    head = getattr(decoder, "iou_prediction_head", None)
+    mlps = getattr(decoder, "output_hypernetworks_mlps", None)
+    if (
+        not isinstance(head, torch.nn.Module)
+        or not isinstance(mlps, torch.nn.ModuleList)
+        or len(mlps) != N_MASK_TOKENS
+    ):
+        import sam2
+
+        raise UsamError(
+            "the installed sam2 package (" + getattr(sam2, "__file__", "?") + ") has no "
+            "sam_mask_decoder.iou_prediction_head and 4 "
+            "sam_mask_decoder.output_hypernetworks_mlps; token capture needs them: "
+            "install a sam2 version with that mask decoder (1.0 or 1.1)"
+        )
+
+    def grab(key):
+        def hook(module, args, kwargs):
+            store(key, args[0] if args else next(iter(kwargs.values())))
+
+        return hook
+
+    return [head.register_forward_pre_hook(grab("iou"), with_kwargs=True)] + [
+        mlp.register_forward_pre_hook(grab(i), with_kwargs=True) for i, mlp in enumerate(mlps)
+    ]
+
+
 # --------------------------------------------------------------------------- one model
 
 
@@ -357,34 +388,14 @@ class SamModel:
         return self.image_size // 4
 
     def _install_hooks(self) -> list:
+        def store(key, token):
+            if self._captured is not None:
+                self._captured[key] = token
+
         decoder = getattr(self.model, "sam_mask_decoder", None)
-        head = getattr(decoder, "iou_prediction_head", None)
-        mlps = getattr(decoder, "output_hypernetworks_mlps", None)
-        if (
-            not isinstance(head, torch.nn.Module)
-            or not isinstance(mlps, torch.nn.ModuleList)
-            or len(mlps) != N_MASK_TOKENS
-        ):
-            import sam2
-
-            raise UsamError(
-                "the installed sam2 package (" + getattr(sam2, "__file__", "?") + ") has no "
-                "sam_mask_decoder.iou_prediction_head and 4 "
-                "sam_mask_decoder.output_hypernetworks_mlps; token capture needs them: "
-                "install a sam2 version with that mask decoder (1.0 or 1.1)"
-            )
-
-        def grab(key):
-            def hook(module, args, kwargs):
-                if self._captured is not None:
-                    self._captured[key] = args[0] if args else next(iter(kwargs.values()))
-
-            return hook
-
+        hooks = hook_decoder_tokens(decoder, store)
         self._watch_single_mask_choice(decoder)
-        return [head.register_forward_pre_hook(grab("iou"), with_kwargs=True)] + [
-            mlp.register_forward_pre_hook(grab(i), with_kwargs=True) for i, mlp in enumerate(mlps)
-        ]
+        return hooks
 
     def _watch_single_mask_choice(self, decoder: torch.nn.Module) -> None:
         """Record the in- and output of the decoder's dynamic multimask-via-stability choice.

@@ -44,7 +44,7 @@ import torch
 from usam.errors import UsamError
 from usam.measures import entropy, mixture, score_weights
 from usam.mlp import Predictor, paired_token
-from usam.sam import build_sam2_model
+from usam.sam import build_sam2_model, hook_decoder_tokens
 
 log = logging.getLogger(__name__)
 
@@ -369,21 +369,13 @@ class VideoUSAM:
 
     # -- hooks ---------------------------------------------------------------------------------
     def _install_hooks(self) -> list:
+        def store(key, token):
+            if self._call is not None:
+                self._call[key] = token
+
         decoder = getattr(self.model, "sam_mask_decoder", None)
-        head = getattr(decoder, "iou_prediction_head", None)
-        mlps = getattr(decoder, "output_hypernetworks_mlps", None)
-        if not isinstance(head, torch.nn.Module) or not isinstance(mlps, torch.nn.ModuleList):
-            raise UsamError(
-                "the installed sam2 video predictor has no sam_mask_decoder.iou_prediction_head "
-                "/ output_hypernetworks_mlps; token capture needs sam2 1.0 or 1.1"
-            )
-
-        def pre(key):
-            def hook(module, args, kwargs):
-                if self._call is not None:
-                    self._call[key] = args[0] if args else next(iter(kwargs.values()))
-
-            return hook
+        hooks = hook_decoder_tokens(decoder, store)
+        head = decoder.iou_prediction_head
 
         def ious(module, args, output):
             if self._call is not None:
@@ -394,8 +386,6 @@ class VideoUSAM:
                 masks, iou_pred, _, object_score_logits = output
                 self._call.update(masks=masks, ious=iou_pred, object_logits=object_score_logits)
 
-        hooks = [head.register_forward_pre_hook(pre("iou"), with_kwargs=True)]
-        hooks += [m.register_forward_pre_hook(pre(i), with_kwargs=True) for i, m in enumerate(mlps)]
         hooks.append(head.register_forward_hook(ious))
         hooks.append(decoder.register_forward_hook(decoded))
         if self.device.type != "cuda":
