@@ -55,7 +55,7 @@ step() {  # step <file> <seconds> <command...>: one step, its output and exit st
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/device.txt" 2>&1
 python3 -c "import torch; print(torch.__version__, torch.version.cuda)" >>"$OUT/device.txt" 2>&1
 
-step tests.txt 110 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_predictor.py -k cuda
+step tests.txt 110 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_inference.py -k cuda
 step extract.txt 150 python3 benchmarks/extract.py --sizes tiny small base_plus large --image-size 1024 \
     --images 4 --repeat 1 --device cuda --compile --images-per-call 4
 step prefetch.txt 40 python3 benchmarks/extract.py --prefetch 2 --image-size 1024 --repeat 1 --device cuda

@@ -11,7 +11,7 @@ Paper (RTX 3050 Ti, s/img): Tiny 0.122 -> 0.139, Large 0.437 -> 0.441.
   python benchmarks/inference.py                           # random tiny SAM, 1024 px, CPU
   python benchmarks/inference.py --image-size 256          # quicker, larger relative overhead
   python benchmarks/inference.py --checkpoint checkpoints/sam2.1/sam2.1_hiera_large.pt \
-      --predictors models --device cuda                   # real weights and bundles
+      --estimators models --device cuda                   # real weights and bundles
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from usam.inference import UncertainSAM
 from usam.mlp import UsamMLP, save_bundle
-from usam.predictor import UncertainSAM
 from usam.schema import SIZES, TARGETS
 
 
@@ -56,7 +56,12 @@ def main() -> None:
     )
     p.add_argument("--size", default="tiny", choices=SIZES)
     p.add_argument("--checkpoint", default=None, help="SAM 2 checkpoint; default: random weights")
-    p.add_argument("--predictors", default=None, help="bundle dir; default: 9 untrained MLPs")
+    p.add_argument(
+        "--estimators",
+        "--predictors",  # the old name
+        default=None,
+        help="bundle dir; default: 9 untrained MLPs",
+    )
     p.add_argument("--image-size", type=int, default=1024, help="SAM input size (1024 = its own)")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=640)
@@ -66,7 +71,7 @@ def main() -> None:
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        bundles = args.predictors or untrained_bundles(Path(tmp))
+        bundles = args.estimators or untrained_bundles(Path(tmp))
         usam = UncertainSAM.from_pretrained(
             args.checkpoint,
             bundles,
@@ -80,7 +85,7 @@ def main() -> None:
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     upstream = SAM2ImagePredictor(sam.model)
-    upstream._bb_feat_sizes = sam.predictor._bb_feat_sizes
+    upstream._bb_feat_sizes = sam.sam_predictor._bb_feat_sizes
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if sam.device.type == "cuda"
@@ -135,7 +140,7 @@ def main() -> None:
         f"device={name} threads={torch.get_num_threads()} SAM {sam.version} {args.size} "
         f"({'random' if sam.random_weights else 'checkpoint'} weights) image_size={sam.image_size} "
         f"image={args.height}x{args.width} prompts/call={args.prompts} repeats={args.repeats} "
-        f"bundles={len(usam.predictors)}"
+        f"bundles={len(usam.estimators)}"
     )
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in times.items():
@@ -143,7 +148,7 @@ def main() -> None:
             f"{k:5s} set_image+predict: median {med[k]:.4f} s  min {min(v):.4f} s  "
             f"({', '.join(f'{t:.3f}' for t in v)})"
         )
-    print(f"MLPs alone ({len(usam.predictors)} bundles): {t_mlp * 1e3:.3f} ms per predict call")
+    print(f"MLPs alone ({len(usam.estimators)} bundles): {t_mlp * 1e3:.3f} ms per predict call")
     print(
         f"overhead: {100 * (med['usam'] / med['sam2'] - 1):+.2f}% (median), "
         f"{100 * (min(times['usam']) / min(times['sam2']) - 1):+.2f}% (min); "

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from usam.inference import load_bundles
 from usam.mlp import UsamMLP, save_bundle
-from usam.predictor import load_predictors
 from usam.schema import SIZES, TARGETS
 from usam.video import VideoUSAM, _float_memory, build_video_model
 
@@ -88,7 +88,12 @@ def main() -> None:
     )
     p.add_argument("--size", default="tiny", choices=SIZES)
     p.add_argument("--checkpoint", default=None, help="SAM 2 checkpoint; default: random weights")
-    p.add_argument("--predictors", default=None, help="bundle dir; default: 9 untrained MLPs")
+    p.add_argument(
+        "--estimators",
+        "--predictors",  # the old name
+        default=None,
+        help="bundle dir; default: 9 untrained MLPs",
+    )
     p.add_argument("--image-size", type=int, default=256, help="SAM input size (1024 = its own)")
     p.add_argument("--frames", type=int, default=6)
     p.add_argument("--objects", type=int, default=1)
@@ -118,8 +123,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bundles = args.predictors or untrained_bundles(tmp / "bundles")
-        predictors = load_predictors(bundles)
+        bundles = args.estimators or untrained_bundles(tmp / "bundles")
+        estimators = load_bundles(bundles)
         data = synthetic_video(tmp / "DAVIS", args.frames, args.objects)
 
         def with_estimates() -> float:
@@ -127,7 +132,7 @@ def main() -> None:
                 model,
                 size=args.size,
                 version="sam2.1",
-                predictors=predictors,
+                estimators=estimators,
                 random_weights=args.checkpoint is None,
                 check=False,
             )
@@ -141,7 +146,7 @@ def main() -> None:
         # usam's own work per decoder call (pairing, entropies, estimators), timed alone on a
         # recorded call: stable even when the machine is too busy for the end-to-end ratio
         vusam = VideoUSAM(
-            model, size=args.size, version="sam2.1", predictors=predictors, check=False
+            model, size=args.size, version="sam2.1", estimators=estimators, check=False
         )
         calls = []
         record = vusam._record
@@ -188,7 +193,7 @@ def main() -> None:
     sam2, usam = statistics.median(times["sam2"]), statistics.median(times["usam"])
     print(
         f"SAM 2.1 {args.size}, {args.image_size} px, {model.device}, {n} frames x "
-        f"{args.objects} objects, {len(predictors)} estimators, median of {args.repeats}, "
+        f"{args.objects} objects, {len(estimators)} estimators, median of {args.repeats}, "
         f"{torch.get_num_threads()} threads"
     )
     print(f"  sam2 propagation               {sam2 / n * 1000:9.1f} ms/frame")

@@ -58,7 +58,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         ["tests/test_train.py", "-k", "not sweep and not learns and not tensorboard"],
     ),
     "mlp": ("usam/mlp.py", ["tests/test_train.py", "-k", "bundle or shuffle or claims"]),
-    "predictor": ("usam/predictor.py", ["tests/test_predictor.py", "-m", "not slow"]),
+    "inference": ("usam/inference.py", ["tests/test_inference.py", "-m", "not slow"]),
     "coco": ("usam/datasets/coco.py", ["tests/test_coco.py"]),
     "davis": ("usam/datasets/davis.py", ["tests/test_davis.py"]),
     "ade20k": ("usam/datasets/ade20k.py", ["tests/test_ade20k.py"]),

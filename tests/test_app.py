@@ -22,7 +22,7 @@ from published import write_published
 
 from usam.app import Prompt, build, recommended, sample_images, table_html
 from usam.datasets.base import read_rgb
-from usam.predictor import Prediction, UncertainSAM
+from usam.inference import Prediction, UncertainSAM
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SEEDS = {"iou_tiny": 41, "iou_unsupervised": 42, "task_gap": 43}

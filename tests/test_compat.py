@@ -70,11 +70,11 @@ def encoded(sam_model):
     return p
 
 
-def with_image(predictor, encoded):
-    """`predictor` as if set_image(make_image()) had run on it: the encoded one's features."""
-    predictor._features, predictor._orig_hw = encoded._features, encoded._orig_hw
-    predictor._is_image_set = True
-    return predictor
+def with_image(sam_predictor, encoded):
+    """`sam_predictor` as if set_image(make_image()) had run on it: the encoded one's features."""
+    sam_predictor._features, sam_predictor._orig_hw = encoded._features, encoded._orig_hw
+    sam_predictor._is_image_set = True
+    return sam_predictor
 
 
 def test_the_published_snippet_runs_with_the_usam_import(sam_model, mlp_directory, monkeypatch):
@@ -178,7 +178,7 @@ def test_usam_bundles_keep_their_targets_and_pairing(sam_model, tmp_path, encode
     with torch.inference_mode():
         with DecoderTokens(sam_model) as tokens:
             *_, mlp_scores = p.predict(np.array([[70, 40]]), np.array([1]))
-    model = p._usam.predictors["unsupervised_iou"]
+    model = p._usam.estimators["unsupervised_iou"]
     want = model(tokens.rows([1, 2, 3])[0])  # usam pairing: mask j with token j+1
     assert list(mlp_scores) == ["unsupervised_iou"]
     np.testing.assert_allclose(mlp_scores["unsupervised_iou"][:, 0], want.numpy(), atol=1e-5)

@@ -1,5 +1,5 @@
 """Stage 4 entrypoint (usam.evaluate): synthetic containers built through the real writer,
-predictor bundles with hand-set weights whose ranking is known, outputs under tmp_path."""
+estimator bundles with hand-set weights whose ranking is known, outputs under tmp_path."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def designed_container(
     Per model: sam_score = iou (perfect for segmentation), entropy = iou_dense_prompt - iou
     (perfect for prompt refinement), h_task = iou - unsupervised_iou (perfect for task
     supervision), h_augmentation = NaN (no augmentations). IoU token coordinate 0 = iou,
-    coordinate 1 = the prompt gain, for the hand-set predictors below. One large row has no
+    coordinate 1 = the prompt gain, for the hand-set estimators below. One large row has no
     h_prompt if `nan_h_prompt`. Returns the container and the per-model arrays in row order.
     """
     rng = np.random.default_rng(seed)
@@ -152,9 +152,9 @@ def designed(tmp_path_factory):
     return container, tmp / "models", truth
 
 
-def eval_cfg(compose_cfg, container, predictors, *overrides):
+def eval_cfg(compose_cfg, container, estimators, *overrides):
     return compose_cfg(
-        "evaluate", [f"container={container}", f"predictors={predictors}", "device=cpu", *overrides]
+        "evaluate", [f"container={container}", f"estimators={estimators}", "device=cpu", *overrides]
     )
 
 
@@ -174,7 +174,7 @@ def test_known_rankings_end_to_end(designed, compose_cfg, tmp_path, capsys):
             "h_augmentation": "NaN on every row (not measured for this container)"
         }
         assert "h_augmentation" not in case["curves"]
-    # perfect measures and hand-set predictors reach the oracle
+    # perfect measures and hand-set estimators reach the oracle
     assert cases["prompt_refinement"]["relative_auc"]["entropy"] == pytest.approx(1.0)
     assert cases["prompt_refinement"]["relative_auc"]["usam_prompt_gap"] == pytest.approx(
         1.0, abs=1e-6
@@ -199,11 +199,11 @@ def test_known_rankings_end_to_end(designed, compose_cfg, tmp_path, capsys):
     )
     assert ms["relative_auc"]["random"] == pytest.approx(gain.mean() * 0.125 / oracle_area)
     assert "usam_model_gap" not in ms["curves"]  # no bundle for it
-    assert any("no model_gap predictor bundle" in s for s in report["notes"])
+    assert any("no model_gap estimator bundle" in s for s in report["notes"])
     # segmentation: refining never hurts, so every curve rises
     for curve in cases["segmentation"]["curves"].values():
         assert np.all(np.diff(curve) >= -1e-12)
-    # correlations: sam_score == iou; the IoU predictor is sigmoid(iou), nearly linear on [0.3, 0.9]
+    # correlations: sam_score == iou; the IoU estimator is sigmoid(iou), nearly linear on [0.3, 0.9]
     corr = report["correlation"]
     assert corr["names"][0] == "iou" and "h_augmentation" not in corr["names"]
     assert corr["with_iou"]["sam_score"] == pytest.approx(1.0)
@@ -235,7 +235,7 @@ def test_tensorboard_scalars(designed, tmp_path):
 
     container, models, _ = designed
     Evaluator(device="cpu", plots=False, use_cases=["segmentation"]).run(
-        container=container, predictors=models, split="all", run_dir=tmp_path
+        container=container, estimators=models, split="all", run_dir=tmp_path
     )
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
@@ -261,11 +261,11 @@ def test_seen_rows_are_refused_unless_allowed_and_then_labelled(designed, tmp_pa
     hand_bundle(models, "iou_large", 0, seen={"davis": ["v900", val_groups[-1]]})
     hand_bundle(models, "prompt_gap", 1)  # saw nothing evaluated here
     ev = Evaluator(device="cpu", plots=True, tensorboard=False)
-    with pytest.raises(UsamError, match=r"predictors iou_large were trained on up to 6 of the"):
-        ev.run(container=container, predictors=models, split="val", run_dir=tmp_path / "refused")
+    with pytest.raises(UsamError, match=r"estimators iou_large were trained on up to 6 of the"):
+        ev.run(container=container, estimators=models, split="val", run_dir=tmp_path / "refused")
     assert not (tmp_path / "refused").exists()  # refused before anything was written
     ev = Evaluator(device="cpu", plots=True, tensorboard=False, allow_in_sample_results=True)
-    summary = ev.run(container=container, predictors=models, split="val", run_dir=tmp_path / "r")
+    summary = ev.run(container=container, estimators=models, split="val", run_dir=tmp_path / "r")
     assert summary["rows"] == len(val) < 2 * GROUPS * INSTANCES
     assert summary["protocol"] == "in-sample"
     report = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -292,12 +292,12 @@ def test_unseen_rows_pass_and_a_bundle_without_record_is_unverified(designed, tm
     models = tmp_path / "models"
     hand_bundle(models, "iou_large", 0, seen={"davis": sorted(set(train.groups))})
     ev = Evaluator(device="cpu", plots=False, tensorboard=False)
-    summary = ev.run(container=container, predictors=models, split="val", run_dir=tmp_path / "a")
+    summary = ev.run(container=container, estimators=models, split="val", run_dir=tmp_path / "a")
     assert summary["protocol"] == "out-of-sample" and summary["rows"] == len(val)
     assert f"none of the {len(set(val.groups))} groups" in summary["protocol_statement"]
     # the same rows, but the fit was of another dataset's groups of the same names: unseen
     hand_bundle(models, "iou_large", 0, seen={"mose": sorted(set(c.groups))})
-    summary = ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "b")
+    summary = ev.run(container=container, estimators=models, split="all", run_dir=tmp_path / "b")
     assert summary["protocol"] == "out-of-sample"
     # validated and searched on this container (a val_container): unseen, but a note says so
     from usam.protocol import container_identity
@@ -309,7 +309,7 @@ def test_unseen_rows_pass_and_a_bundle_without_record_is_unverified(designed, tm
         hpo={"method": "smac"},
         record={"val_container": container_identity(c), "split": None, "fit": "all"},
     )
-    summary = ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "s")
+    summary = ev.run(container=container, estimators=models, split="all", run_dir=tmp_path / "s")
     assert summary["protocol"] == "out-of-sample"
     notes = json.loads((tmp_path / "s" / "report.json").read_text())["notes"]
     assert any("hyperparameters of iou_large were searched on these rows" in n for n in notes)
@@ -320,17 +320,17 @@ def test_unseen_rows_pass_and_a_bundle_without_record_is_unverified(designed, tm
         hpo={"method": "none"},
         record={"val_container": container_identity(c)},
     )
-    ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "t")
+    ev.run(container=container, estimators=models, split="all", run_dir=tmp_path / "t")
     notes = json.loads((tmp_path / "t" / "report.json").read_text())["notes"]
     assert not any("were searched on" in n for n in notes)
     hand_bundle(models, "iou_large", 0, seen=None)
-    summary = ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "c")
+    summary = ev.run(container=container, estimators=models, split="all", run_dir=tmp_path / "c")
     assert summary["protocol"] == "unverified"
     # an edited record of seen groups is caught
     hand_bundle(models, "iou_large", 0)
     (models / "iou_large" / "seen_groups.json").write_text('{"groups": {}}')
     with pytest.raises(UsamError, match="does not match the digest"):
-        ev.run(container=container, predictors=models, split="all", run_dir=tmp_path / "d")
+        ev.run(container=container, estimators=models, split="all", run_dir=tmp_path / "d")
 
 
 def test_random_weights_are_loud(tmp_path, compose_cfg, capsys):
@@ -351,9 +351,9 @@ def test_random_weights_are_loud(tmp_path, compose_cfg, capsys):
     assert summary["random_weights"] is True and report["random_weights"] is True
     assert "RANDOM SAM WEIGHTS" in report["warning"]
     assert "RANDOM SAM WEIGHTS" in capsys.readouterr().out
-    # predictors=null: the stage-1 measures only, and a note says so
+    # estimators=null: the stage-1 measures only, and a note says so
     assert not any(m.startswith("usam_") for m in report["use_cases"]["segmentation"]["curves"])
-    assert any("predictors=null" in s for s in report["notes"])
+    assert any("estimators=null" in s for s in report["notes"])
 
 
 def test_one_model_skips_model_selection_and_leaves_out_nan_measures(tmp_path):
@@ -373,7 +373,7 @@ def test_one_model_skips_model_selection_and_leaves_out_nan_measures(tmp_path):
         )
     ContainerWriter(roots=[root], out=tmp_path / "c").write()
     summary = Evaluator(device="cpu", plots=False, tensorboard=False).run(
-        container=tmp_path / "c", predictors=None, split="all", run_dir=tmp_path / "run"
+        container=tmp_path / "c", estimators=None, split="all", run_dir=tmp_path / "run"
     )
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert "needs models" in report["use_cases"]["model_selection"]["skipped"]
@@ -387,24 +387,24 @@ def test_bad_inputs(designed, tmp_path):
     container, models, _ = designed
     ev = Evaluator(device="cpu", plots=False, tensorboard=False)
     with pytest.raises(UsamError, match="not found"):
-        ev.run(container=tmp_path / "nope", predictors=None, split="all", run_dir=tmp_path)
+        ev.run(container=tmp_path / "nope", estimators=None, split="all", run_dir=tmp_path)
     with pytest.raises(UsamError, match="not a directory"):
-        ev.run(container=container, predictors=tmp_path / "nope", split="all", run_dir=tmp_path)
+        ev.run(container=container, estimators=tmp_path / "nope", split="all", run_dir=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsamError, match="holds no predictor bundle"):
-        ev.run(container=container, predictors=tmp_path / "empty", split="all", run_dir=tmp_path)
+    with pytest.raises(UsamError, match="holds no estimator bundle"):
+        ev.run(container=container, estimators=tmp_path / "empty", split="all", run_dir=tmp_path)
     with pytest.raises(UsamError, match="split="):
-        ev.run(container=container, predictors=None, split="test", run_dir=tmp_path)
+        ev.run(container=container, estimators=None, split="test", run_dir=tmp_path)
     with pytest.raises(UsamError, match="evaluator.model='small'"):
         Evaluator(device="cpu", model="small").run(
-            container=container, predictors=None, split="all", run_dir=tmp_path
+            container=container, estimators=None, split="all", run_dir=tmp_path
         )
     with pytest.raises(UsamError, match="unknown use case"):
         Evaluator(use_cases=["selection"])
     wide = UsamMLP(in_features=256)
     save_bundle(tmp_path / "wide" / "iou_large", wide, {"target": "iou_large", "output_shift": 0.0})
     with pytest.raises(UsamError, match="takes 256 inputs"):
-        ev.run(container=container, predictors=tmp_path / "wide", split="all", run_dir=tmp_path)
+        ev.run(container=container, estimators=tmp_path / "wide", split="all", run_dir=tmp_path)
 
 
 def test_with_bundles_from_usam_train(designed, compose_cfg, tmp_path):
@@ -436,11 +436,11 @@ def test_with_bundles_from_usam_train(designed, compose_cfg, tmp_path):
 
     ev = Evaluator(device="cpu", plots=False, tensorboard=False, use_cases=["task_supervision"])
     refit = train("refit")  # trainer.refit_all=true: the validation split is in the fit
-    with pytest.raises(UsamError, match="predictors task_gap were trained on"):
-        ev.run(container=container, predictors=refit, split="val", run_dir=tmp_path / "e1")
+    with pytest.raises(UsamError, match="estimators task_gap were trained on"):
+        ev.run(container=container, estimators=refit, split="val", run_dir=tmp_path / "e1")
     # refit_all=false with a 30% split: evaluate takes that split from the bundle
     held = train("held", "trainer.refit_all=false", "trainer.val_fraction=0.3")
-    summary = ev.run(container=container, predictors=held, split="val", run_dir=tmp_path / "e2")
+    summary = ev.run(container=container, estimators=held, split="val", run_dir=tmp_path / "e2")
     _, val = Container.open(container).split(val_fraction=0.3, seed=0)
     assert summary["rows"] == len(val) and summary["protocol"] == "out-of-sample"
     aucs = summary["relative_auc"]["task_supervision"]
@@ -448,10 +448,10 @@ def test_with_bundles_from_usam_train(designed, compose_cfg, tmp_path):
     # a split chosen by hand that reaches into the training groups is refused
     with pytest.raises(UsamError, match="trained on up to"):
         Evaluator(device="cpu", val_fraction=0.6).run(
-            container=container, predictors=held, split="val", run_dir=tmp_path / "e3"
+            container=container, estimators=held, split="val", run_dir=tmp_path / "e3"
         )
     with pytest.raises(UsamError, match="trained on up to"):
-        ev.run(container=container, predictors=held, split="all", run_dir=tmp_path / "e4")
+        ev.run(container=container, estimators=held, split="all", run_dir=tmp_path / "e4")
 
 
 def test_cli_prints_table_then_json(designed, tmp_path):
@@ -463,7 +463,7 @@ def test_cli_prints_table_then_json(designed, tmp_path):
             "-m",
             "usam.evaluate",
             f"container={container}",
-            f"predictors={models}",
+            f"estimators={models}",
             "split=all",
             "device=cpu",
             "evaluator.plots=false",
@@ -495,7 +495,7 @@ def test_default_config_composes(compose_cfg, tmp_path):
 
     cfg = compose_cfg("evaluate")
     assert cfg.container == str(tmp_path / "inference" / "sample" / "val_container")
-    assert cfg.split == "val" and cfg.predictors is None
+    assert cfg.split == "val" and cfg.estimators is None
     ev = instantiate(cfg.evaluator)
     assert isinstance(ev, Evaluator) and ev.model is None and len(ev.r) == 51
     assert ev.use_cases == [

@@ -55,7 +55,7 @@ def evaluated(tmp_path_factory):
                 f"dataset.root={root}",
                 "dataset.resolution=480p",
                 "sam_model=random",
-                f"predictors={{image: {image}, track: {track}}}",
+                f"estimators={{image: {image}, track: {track}}}",
                 "r_points=11",
             ],
         )

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from usam.evaluation import (
+    ESTIMATOR_DIRECTION,
     HIGH,
     LOW,
     MEASURES,
-    PREDICTOR_DIRECTION,
     USE_CASES,
     area,
     compare,
@@ -151,7 +151,7 @@ def test_monotone_when_refining_never_hurts_and_oracle_concave():
 def test_segmentation_refined_scalar_and_orientation():
     iou = np.array([0.9, 0.3, 0.6])
     r = np.array([0.0, 1 / 3])
-    # low predicted IoU = uncertain: a perfect IoU predictor is the oracle
+    # low predicted IoU = uncertain: a perfect IoU estimator is the oracle
     curve = correction_curve(iou, 1.0, orient(iou, LOW), r)
     np.testing.assert_allclose(curve, [0.6, 0.6 + 0.7 / 3])
     np.testing.assert_allclose(curve, oracle_curve(iou, 1.0, r))
@@ -226,8 +226,8 @@ def test_use_case_table():
         "task_supervision",
         "segmentation",
     }
-    assert set(PREDICTOR_DIRECTION) == set(TARGETS)  # every trainable target has a direction
-    assert PREDICTOR_DIRECTION["model_gap"] == HIGH and PREDICTOR_DIRECTION["iou_tiny"] == LOW
+    assert set(ESTIMATOR_DIRECTION) == set(TARGETS)  # every trainable target has a direction
+    assert ESTIMATOR_DIRECTION["model_gap"] == HIGH and ESTIMATOR_DIRECTION["iou_tiny"] == LOW
     assert MEASURES["sam_score"] == LOW and MEASURES["entropy"] == HIGH
     cheap, refined, sam, preds = USE_CASES["prompt_refinement"].columns("small")
     assert (cheap, refined, sam, preds) == (
@@ -244,7 +244,7 @@ def test_use_case_table():
         "unsupervised_sam_score",
     )
     for case in USE_CASES.values():
-        assert all(p.format(model="large") in PREDICTOR_DIRECTION for p in case.predictors)
+        assert all(p.format(model="large") in ESTIMATOR_DIRECTION for p in case.estimators)
 
 
 # -- from the mutation run (docs/testing.md): each test kills mutants that survived ----------
@@ -294,7 +294,7 @@ def test_use_case_columns_fill_in_the_model_everywhere():
         cheap="iou_{model}",
         refined="dense_{model}",
         sam_score="score_{model}",
-        predictors=("a_{model}",),
+        estimators=("a_{model}",),
     )
     assert case.columns("small") == ("iou_small", "dense_small", "score_small", ("a_small",))
     assert USE_CASES["prompt_refinement"].columns("large") == (

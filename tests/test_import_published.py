@@ -23,8 +23,8 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 from usam.cli import run_stage
 from usam.errors import UsamError
 from usam.import_published import _positional_source, read_published, run
-from usam.mlp import Predictor, UsamMLP, load_bundle, save_bundle
-from usam.predictor import UncertainSAM, load_predictors
+from usam.inference import UncertainSAM, load_bundles
+from usam.mlp import Estimator, UsamMLP, load_bundle, save_bundle
 from usam.sam import load_sam_model
 from usam.schema import TARGETS
 
@@ -92,12 +92,12 @@ def test_imported_bundles_compute_the_published_forward_pass(compose_cfg, checko
     for version, names in [("sam2.1", SEEDS), ("sam2.0", {"iou_tiny": 21, "model_gap": 22})]:
         for name, seed in names.items():
             target = {"iou_unsupervised": "unsupervised_iou"}.get(name, name)
-            got = Predictor.load(out / version / target)(x)
+            got = Estimator.load(out / version / target)(x)
             want = published_forward(published_state(seed), x) - TARGETS[target]
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     # the versions' weights differ, so a bundle did not land in the other version's folder
-    a = Predictor.load(out / "sam2.1" / "iou_tiny")(x)
-    assert not torch.allclose(a, Predictor.load(out / "sam2.0" / "iou_tiny")(x))
+    a = Estimator.load(out / "sam2.1" / "iou_tiny")(x)
+    assert not torch.allclose(a, Estimator.load(out / "sam2.0" / "iou_tiny")(x))
 
 
 def test_one_version_folder_takes_its_version_from_the_name(compose_cfg, checkout, tmp_path):
@@ -127,7 +127,7 @@ def test_a_rerun_keeps_identical_bundles_and_refuses_to_replace_others(
     run(import_cfg(compose_cfg, checkout, out, "overwrite=true"))
     x = torch.randn(4, 512)
     want = published_forward(published_state(99), x) - 0.5
-    torch.testing.assert_close(Predictor.load(out / "sam2.1/task_gap")(x), want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(Estimator.load(out / "sam2.1/task_gap")(x), want, atol=1e-6, rtol=0)
 
 
 class NotAStateDict:
@@ -261,13 +261,13 @@ def test_estimates_equal_the_published_mlp_on_the_published_pairing(
         UsamMLP(),
         {"target": "iou_large", "output_shift": 0.0, "sam_version": "sam2.1", "models": ["tiny"]},
     )
-    preds = {**load_predictors(out / "sam2.1"), **load_predictors(tmp_path / "own")}
+    preds = {**load_bundles(out / "sam2.1"), **load_bundles(tmp_path / "own")}
     usam = UncertainSAM(sam, preds)
     usam.set_image(image())
     got = usam.predict(POINTS)
 
     upstream = SAM2ImagePredictor(sam.model)
-    upstream._bb_feat_sizes = sam.predictor._bb_feat_sizes
+    upstream._bb_feat_sizes = sam.sam_predictor._bb_feat_sizes
     with torch.inference_mode():
         upstream.set_image(image())
     with DecoderTokens(sam.model) as tokens, torch.inference_mode():
@@ -279,7 +279,7 @@ def test_estimates_equal_the_published_mlp_on_the_published_pairing(
         np.testing.assert_allclose(got.estimates[target], want.numpy(), rtol=0, atol=1e-5)
         wrong = published_forward(published_state(seed), usam_rows) - TARGETS[target]
         assert np.abs(got.estimates[target] - wrong.numpy()).max() > 1e-3  # pairing matters
-    own = Predictor.load(tmp_path / "own" / "iou_large")(usam_rows.reshape(-1, 512)).view(3, 3)
+    own = Estimator.load(tmp_path / "own" / "iou_large")(usam_rows.reshape(-1, 512)).view(3, 3)
     np.testing.assert_allclose(got.estimates["iou_large"], own.numpy(), rtol=0, atol=1e-5)
     assert list(got.estimates) == list(preds)  # the bundles' order
 
@@ -297,7 +297,7 @@ def test_usam_predict_runs_on_imported_bundles(compose_cfg, checkout, tmp_path):
         "sam_model.device=cpu",
         f"image={tmp_path / 'photo.png'}",
         "point=[30,20]",
-        f"predictors={tmp_path / 'models' / 'sam2.1'}",
+        f"estimators={tmp_path / 'models' / 'sam2.1'}",
     ]
     cfg = compose_cfg("predict", cfg_overrides)
     summary = run_stage(predict_run, cfg)
@@ -307,7 +307,7 @@ def test_usam_predict_runs_on_imported_bundles(compose_cfg, checkout, tmp_path):
     assert all(len(v) == 3 for v in summary["estimates"].values())
     assert Path(summary["overlay"]).is_file()
     # the published folder itself, read in memory: the same numbers
-    direct_overrides = [*cfg_overrides[:-1], f"predictors={checkout / 'models/mlps/sam2.1'}"]
+    direct_overrides = [*cfg_overrides[:-1], f"estimators={checkout / 'models/mlps/sam2.1'}"]
     direct = run_stage(predict_run, compose_cfg("predict", direct_overrides))
     assert direct["estimates"] == summary["estimates"]
     single = run_stage(

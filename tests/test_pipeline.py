@@ -95,6 +95,8 @@ def test_every_group_and_key_of_every_stage_is_routed():
         ("+trainr.refit_all=false", "no stage of the pipeline accepts 'trainr'"),
         ("predictor=iou_tiny", "pipeline.targets"),
         ("split=all", "the pipeline sets evaluate's split itself"),
+        ("estimators=/m", "the pipeline sets evaluate's estimators itself"),
+        ("predictors=/m", "the pipeline sets evaluate's predictors itself"),  # the old name
         ("container=/c", "the pipeline sets train's container itself"),
     ],
 )
@@ -191,7 +193,7 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path):
 
 def test_pipeline_trains_on_the_train_split_and_evaluates_the_other(tmp_path):
     """A dataset with a training split: both splits are extracted and contained, the
-    predictors are fitted on train and evaluated on every row of val."""
+    estimators are fitted on train and evaluated on every row of val."""
     from video_trees import make_davis
 
     video = {"frames": 2, "size": (24, 32), "ids": (1, 2)}

@@ -17,11 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
+from usam import options
 from usam.cli import run_stage
 from usam.errors import UsamError
+from usam.inference import Prediction
 from usam.mlp import UsamMLP, save_bundle
 from usam.predict import _TINT, overlay, prompt_arrays, run
-from usam.predictor import Prediction
 from usam.schema import TARGETS
 
 H, W = 48, 64
@@ -69,7 +70,7 @@ def test_end_to_end_writes_the_overlay_and_prints_json(compose_cfg, image_file, 
             "sam_model.device=cpu",
             f"image={image_file}",
             "point=[30,25]",
-            f"predictors={bundles}",
+            f"estimators={bundles}",
         ],
     )
     assert cfg.out.endswith("run/overlay.png")
@@ -143,7 +144,7 @@ def test_missing_files_are_named(compose_cfg, image_file, bundles, tmp_path):
         ([f"image={image_file}"], "no prompt"),
         # sam_model=sam2.1 looks for the tiny checkpoint under paths.checkpoints
         (
-            [f"image={image_file}", "point=[1,2]", f"predictors={bundles}"],
+            [f"image={image_file}", "point=[1,2]", f"estimators={bundles}"],
             "sam2.1/sam2.1_hiera_tiny.pt not found",
         ),
         # a SAM 2.0 file name switches the version (and the download hint) by itself
@@ -160,7 +161,7 @@ def test_missing_files_are_named(compose_cfg, image_file, bundles, tmp_path):
                 f"image={image_file}",
                 "point=[1,2]",
                 "sam_model=random",
-                f"predictors={tmp_path / 'no_models'}",
+                f"estimators={tmp_path / 'no_models'}",
             ],
             "no_models not found",
         ),
@@ -168,6 +169,39 @@ def test_missing_files_are_named(compose_cfg, image_file, bundles, tmp_path):
     for overrides, message in cases:
         with pytest.raises(UsamError, match=message):
             run(compose_cfg("predict", overrides))
+
+
+def test_predictors_still_works_as_the_old_name_of_estimators(compose_cfg, image_file, bundles):
+    base = [
+        "sam_model=random",
+        "sam_model.image_size=128",
+        "sam_model.device=cpu",
+        f"image={image_file}",
+        "point=[30,25]",
+    ]
+    assert options.estimators(compose_cfg("predict", base)) == "models"  # the default
+    summary = run(compose_cfg("predict", [*base, f"predictors={bundles}"]))
+    assert list(summary["estimates"]) == ["iou_tiny", "model_gap", "task_gap"]
+    both = compose_cfg("predict", [*base, f"predictors={bundles}", f"estimators={bundles}"])
+    assert options.estimators(both) == str(bundles)  # the same folder twice is no conflict
+    assert options.estimators(compose_cfg("predict", [*base, "predictors=null"])) is None
+
+
+def test_estimators_and_predictors_with_different_folders_is_a_one_line_error(
+    compose_cfg, image_file, bundles, tmp_path, capsys
+):
+    cfg = compose_cfg(
+        "predict",
+        [f"image={image_file}", "point=[30,25]", f"estimators={bundles}", "predictors=elsewhere"],
+    )
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(run, cfg)
+    message = str(exit_.value.code)
+    assert message == (
+        f"error: estimators='{bundles}' and predictors='elsewhere' disagree (predictors is the "
+        "old name of estimators); give estimators= only"
+    )
+    assert capsys.readouterr().out == ""  # no summary: nothing ran
 
 
 def test_unreadable_image_is_a_usam_error(compose_cfg, tmp_path):

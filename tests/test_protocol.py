@@ -103,10 +103,10 @@ def test_a_val_container_is_never_in_the_fit(pair, compose_cfg, tmp_path):
     from usam.evaluate import Evaluator
 
     ev = Evaluator(device="cpu", plots=False, tensorboard=False, use_cases=["segmentation"])
-    summary = ev.run(container=val, predictors=tmp_path / "m", split="all", run_dir=tmp_path / "e")
+    summary = ev.run(container=val, estimators=tmp_path / "m", split="all", run_dir=tmp_path / "e")
     assert summary["protocol"] == "out-of-sample" and summary["rows"] == 5 * 2 * 3 * 2
     with pytest.raises(UsamError, match="trained on up to 144 of the 144 rows"):
-        ev.run(container=train, predictors=tmp_path / "m", split="all", run_dir=tmp_path / "f")
+        ev.run(container=train, estimators=tmp_path / "m", split="all", run_dir=tmp_path / "f")
 
 
 def test_the_refit_and_the_held_out_split_are_recorded(pair, compose_cfg, tmp_path):
@@ -325,7 +325,7 @@ def test_evaluate_cuts_the_split_as_training_did(tmp_path, compose_cfg):
         )
     )
     summary = Evaluator(device="cpu", plots=False, tensorboard=False).run(
-        container=tmp_path / "c", predictors=tmp_path / "m", split="val", run_dir=tmp_path / "e"
+        container=tmp_path / "c", estimators=tmp_path / "m", split="val", run_dir=tmp_path / "e"
     )
     assert summary["protocol"] == "out-of-sample"
     view = c.subset(np.flatnonzero(np.isin(c.groups, sorted(set(val_large.groups)))))

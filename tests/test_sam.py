@@ -79,7 +79,7 @@ def test_shapes_dtypes_and_ranges(tiny):
     assert d.iou_token.shape == (4, 256) and d.iou_token.dtype == torch.float32
     assert d.mask_tokens.shape == (4, 3, 256) and d.mask_tokens.dtype == torch.float32
     assert 0 <= d.low_res_probs.min() and d.low_res_probs.max() <= 1
-    assert tiny.low_res_size == 64 and tiny.predictor._bb_feat_sizes == [
+    assert tiny.low_res_size == 64 and tiny.sam_predictor._bb_feat_sizes == [
         (64, 64),
         (32, 32),
         (16, 16),
@@ -122,7 +122,7 @@ def test_masks_are_upsampled_logits_above_zero_like_the_predictor(tiny):
     assert torch.equal(d.masks, up > 0)
     assert 0 < d.masks.sum() < d.masks.numel()  # not trivially all-0 or all-1
     for i in range(len(POINTS)):
-        masks, scores, low_res = tiny.predictor.predict(
+        masks, scores, low_res = tiny.sam_predictor.predict(
             point_coords=POINTS[i], point_labels=LABELS[i], multimask_output=True
         )
         assert np.array_equal(d.masks[i].numpy(), masks.astype(bool))
@@ -188,7 +188,7 @@ def test_multi_point_prompts(tiny):
     assert d.masks.shape == (3, 3, H, W) and d.mask_tokens.shape == (3, 3, 256)
     one = tiny.decode(pts[:, :1], labels[:, :1])
     assert not torch.allclose(d.iou_token, one.iou_token)  # the other 7 points are used
-    masks, scores, _ = tiny.predictor.predict(point_coords=pts[2], point_labels=labels[2])
+    masks, scores, _ = tiny.sam_predictor.predict(point_coords=pts[2], point_labels=labels[2])
     assert np.array_equal(d.masks[2].numpy(), masks.astype(bool))
     np.testing.assert_allclose(d.scores[2].numpy(), scores, atol=1e-5)
 

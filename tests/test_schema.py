@@ -29,7 +29,7 @@ def test_gaps_are_shifted_and_uncertain_when_high_ious_when_low():
 
 
 def test_the_stages_read_the_one_table():
-    assert mlp.TARGETS is TARGETS and evaluation.PREDICTOR_DIRECTION is DIRECTION
+    assert mlp.TARGETS is TARGETS and evaluation.ESTIMATOR_DIRECTION is DIRECTION
     assert pipeline.available_targets is available_targets
 
 

@@ -43,7 +43,7 @@ def test_track_scores_every_frame_and_object_and_marks_frames_to_check(
             "sam_model=random",
             f"video={VIDEO}",
             "objects=[{id:5,point:[80,60]},{id:2,box:[150,100,300,230],frame:1}]",
-            f"predictors={bundles(tmp_path / 'bundles')}",
+            f"estimators={bundles(tmp_path / 'bundles')}",
             "threshold=0.5",
             "overlay=video",
         ],

@@ -16,7 +16,7 @@ from records import make_record, write_record
 
 from usam.container import Container, ContainerWriter
 from usam.errors import UsamError
-from usam.mlp import Predictor, UsamMLP, load_bundle, predict, save_bundle
+from usam.mlp import Estimator, UsamMLP, load_bundle, predict, save_bundle
 from usam.train import (
     PAPER_DEFAULTS,
     Trainer,
@@ -249,8 +249,8 @@ def test_bundle_round_trip(linear, tmp_path):
     assert config["schema"] == 1 and config["architecture"]["hidden"] == [512, 512]
     with torch.no_grad():
         assert torch.equal(loaded(data.x_val), model(data.x_val))
-    # the predictor gives the gap itself: model output - 0.5, from [N, 2, 256] tokens too
-    p = Predictor.load(tmp_path / "task_gap")
+    # the estimator gives the gap itself: model output - 0.5, from [N, 2, 256] tokens too
+    p = Estimator.load(tmp_path / "task_gap")
     tokens = data.x_val.reshape(-1, 2, 256)
     assert torch.equal(p(tokens), predict(model, data.x_val, 0.5))
     with torch.no_grad():
@@ -259,7 +259,7 @@ def test_bundle_round_trip(linear, tmp_path):
 
 
 def test_bundle_errors(tmp_path):
-    with pytest.raises(UsamError, match="not a predictor bundle"):
+    with pytest.raises(UsamError, match="not an estimator bundle"):
         load_bundle(tmp_path)
     save_bundle(tmp_path / "b", UsamMLP(hidden=[4]), {"target": "iou_tiny", "output_shift": 0.0})
     (tmp_path / "b" / "model.safetensors").write_bytes(b"junk")
@@ -300,8 +300,8 @@ def test_run_writes_bundle_tensorboard_and_summary(tmp_path, compose_cfg):
     }
     # large rows of original images only: 5 images x 2 instances
     assert config["rows"]["train"] + config["rows"]["val"] == 10
-    # the model's output is model_gap + 0.5 in (0, 1); the predictor shifts it back
-    p = Predictor.load(bundle)
+    # the model's output is model_gap + 0.5 in (0, 1); the estimator shifts it back
+    p = Estimator.load(bundle)
     out = p(torch.zeros(3, 2, 256))
     assert ((out > -0.5) & (out < 0.5)).all()
     tags = tensorboard_tags(tmp_path / "run" / "tb" / "model_gap")

@@ -16,7 +16,7 @@ import torch
 
 from usam.datasets.sample import SAMPLE_ROOT
 from usam.errors import UsamError
-from usam.mlp import Predictor, UsamMLP
+from usam.mlp import Estimator, UsamMLP
 from usam.video import (
     VideoFileReader,
     VideoFrames,
@@ -43,7 +43,7 @@ def model():
     torch.set_num_threads(before)
 
 
-def predictor(target: str, seed: int, shift: float = 0.0, **extra) -> Predictor:
+def estimator(target: str, seed: int, shift: float = 0.0, **extra) -> Estimator:
     torch.manual_seed(seed)
     mlp = UsamMLP().eval()
     config = {
@@ -54,7 +54,7 @@ def predictor(target: str, seed: int, shift: float = 0.0, **extra) -> Predictor:
         "models": ["tiny"],
         "random_weights": True,
     }
-    return Predictor(mlp, config)
+    return Estimator(mlp, config)
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +64,9 @@ def tracked(model):
         model,
         size="tiny",
         version="sam2.1",
-        predictors={
-            "iou_tiny": predictor("iou_tiny", 1),
-            "task_gap": predictor("task_gap", 2, 0.5),
+        estimators={
+            "iou_tiny": estimator("iou_tiny", 1),
+            "task_gap": estimator("task_gap", 2, 0.5),
         },
         random_weights=True,
         keep_tokens=True,
@@ -162,14 +162,14 @@ def test_the_iou_token_gives_back_the_predicted_iou_of_the_kept_mask(tracked, mo
             assert o.object_score == pytest.approx(1 / (1 + math.exp(-o.object_score_logit)))
 
 
-def test_estimates_are_each_predictor_on_that_frame_and_objects_tokens(tracked):
+def test_estimates_are_each_estimator_on_that_frame_and_objects_tokens(tracked):
     vusam, _, _, forward, backward, _ = tracked
     seen = set()
     for f in forward + backward:
         for o in f.objects:
             x = torch.cat([torch.from_numpy(o.iou_token), torch.from_numpy(o.mask_token)])[None]
             assert set(o.estimates) == {"iou_tiny", "task_gap"}
-            for target, p in vusam.predictors.items():
+            for target, p in vusam.estimators.items():
                 assert o.estimates[target] == pytest.approx(float(p(x)[0]), abs=1e-5)
             # gaps come back in their own units (shift undone)
             assert -0.5 <= o.estimates["task_gap"] <= 0.5
@@ -180,13 +180,13 @@ def test_estimates_are_each_predictor_on_that_frame_and_objects_tokens(tracked):
 def test_each_bundle_reads_the_token_its_pairing_names(model):
     """usam bundles read the token that made the mask, published ones one token early
     (token 0 for token 0's own mask)."""
-    usam_p = predictor("iou_tiny", 3)
-    published = predictor("task_gap", 4, 0.5, token_pairing="published")
+    usam_p = estimator("iou_tiny", 3)
+    published = estimator("task_gap", 4, 0.5, token_pairing="published")
     vusam = VideoUSAM(
         model,
         size="tiny",
         version="sam2.1",
-        predictors={"iou_tiny": usam_p, "task_gap": published},
+        estimators={"iou_tiny": usam_p, "task_gap": published},
         random_weights=True,
     )
     try:
@@ -204,9 +204,9 @@ def test_each_bundle_reads_the_token_its_pairing_names(model):
             assert out["task_gap"][i] != pytest.approx(float(published(x_u)[0]), abs=1e-5) or u == p
     finally:
         vusam.remove_hooks()
-    bad = predictor("iou_tiny", 3, token_pairing="sideways")
+    bad = estimator("iou_tiny", 3, token_pairing="sideways")
     with pytest.raises(UsamError, match="token_pairing 'sideways'"):
-        VideoUSAM(model, size="tiny", version="sam2.1", predictors={"iou_tiny": bad})
+        VideoUSAM(model, size="tiny", version="sam2.1", estimators={"iou_tiny": bad})
 
 
 def test_tracked_records_are_dropped_once_yielded_and_prompted_ones_kept(tracked):

@@ -25,7 +25,7 @@ from usam import CONF_DIR, hub
 from usam.cli import run_stage, save_run
 from usam.datasets.base import read_rgb
 from usam.errors import UsamError
-from usam.predictor import Prediction, UncertainSAM, load_estimators
+from usam.inference import Prediction, UncertainSAM, load_estimators
 from usam.schema import TARGETS
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def banner_html(usam: UncertainSAM | None, error: str | None = None) -> str:
             f'<div id="usam-error" style="color:#b00;font-weight:bold">{html.escape(error)}</div>'
         )
     if usam is not None:
-        random_est = sorted(t for t, p in usam.predictors.items() if p.config.get("random_weights"))
+        random_est = sorted(t for t, p in usam.estimators.items() if p.config.get("random_weights"))
         if usam.sam.random_weights:
             lines.append(
                 "SAM 2 has RANDOM weights (sam_model=random): masks, scores and estimates mean nothing."

@@ -1,9 +1,9 @@
-"""The published code's API on usam: `patch_sam2(predictor, mlp_dir)`.
+"""The published code's API on usam: `patch_sam2(sam_predictor, mlp_dir)`.
 
     from usam.compat import patch_sam2          # was: from usam.patch_sam2 import patch_sam2
-    predictor = patch_sam2(SAM2ImagePredictor(build_sam2(model_cfg, checkpoint)), mlp_dir)
-    predictor.set_image(image)
-    masks, scores, logits, mlp_scores = predictor.predict(point_coords=..., point_labels=...)
+    sam_predictor = patch_sam2(SAM2ImagePredictor(build_sam2(model_cfg, checkpoint)), mlp_dir)
+    sam_predictor.set_image(image)
+    masks, scores, logits, mlp_scores = sam_predictor.predict(point_coords=..., point_labels=...)
 
 `predict` keeps SAM 2's signature and answer (it calls SAM 2's own `predict`) and adds
 `mlp_scores`: {name: float32 array of shape scores.shape + (1,)}, one value per returned mask
@@ -12,7 +12,7 @@ published `models/mlps/sam2.X` folder (keys are its folder names, e.g. `iou_unsu
 the published token pairing) or a folder of usam bundles (keys are their targets; each bundle's
 own pairing). Only that instance changes: its `predict` is replaced, and the decoder's token
 hooks record only during its calls. Unlike the published code, batched prompts work, the
-function returns the predictor (the published README assigns its result), and with
+function returns SAM 2's predictor (the published README assigns its result), and with
 multimask_output=False the value is that of the returned mask, from the token that made it.
 """
 
@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 
 from usam.errors import UsamError
-from usam.mlp import Predictor
-from usam.predictor import UncertainSAM, load_predictors
+from usam.inference import UncertainSAM, load_bundles
+from usam.mlp import Estimator
 from usam.sam import SamModel, captured_tokens
 
 log = logging.getLogger(__name__)
 
 
-def load_estimators(mlp_dir: str | Path | None) -> tuple[dict[str, Predictor], dict[str, str]]:
-    """(predictors by target, target -> key of mlp_scores) from a published or usam folder."""
+def load_estimators(mlp_dir: str | Path | None) -> tuple[dict[str, Estimator], dict[str, str]]:
+    """(estimators by target, target -> key of mlp_scores) from a published or usam folder."""
     from usam.import_published import load_published
 
     if mlp_dir is None:
@@ -50,34 +50,34 @@ def load_estimators(mlp_dir: str | Path | None) -> tuple[dict[str, Predictor], d
         return {p.target: p for p in published.values()}, {
             p.target: n for n, p in published.items()
         }
-    predictors = load_predictors(mlp_dir)
-    return predictors, {t: t for t in predictors}
+    estimators = load_bundles(mlp_dir)
+    return estimators, {t: t for t in estimators}
 
 
-def patch_sam2(predictor: Any, mlp_dir: str | Path | None = None) -> Any:
-    """Make this SAM2ImagePredictor's `predict` also return `mlp_scores`; returns the predictor."""
+def patch_sam2(sam_predictor: Any, mlp_dir: str | Path | None = None) -> Any:
+    """Make this SAM2ImagePredictor's `predict` also return `mlp_scores`; returns it."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    if not isinstance(predictor, SAM2ImagePredictor):
+    if not isinstance(sam_predictor, SAM2ImagePredictor):
         raise UsamError(
-            f"patch_sam2 takes a sam2 SAM2ImagePredictor instance, got {type(predictor).__name__}"
+            f"patch_sam2 takes a sam2 SAM2ImagePredictor instance, got {type(sam_predictor).__name__}"
         )
-    predictors, keys = load_estimators(mlp_dir)
-    old = getattr(predictor, "_usam", None)
+    estimators, keys = load_estimators(mlp_dir)
+    old = getattr(sam_predictor, "_usam", None)
     if old is not None:  # patched before: the new folder replaces the old one
         old.sam.remove_hooks()
-    versions = sorted({str(p.config.get("sam_version")) for p in predictors.values()})
-    sam = SamModel(predictor.model, size="unknown", version="+".join(versions) or "unknown")
-    sam.predictor = predictor  # its set_image feeds the decoder calls
+    versions = sorted({str(p.config.get("sam_version")) for p in estimators.values()})
+    sam = SamModel(sam_predictor.model, size="unknown", version="+".join(versions) or "unknown")
+    sam.sam_predictor = sam_predictor  # its set_image feeds the decoder calls
     # SAM's size and version are unknown here (a bare model), so bundles are not checked
     # against them; random ones still get the loud warning
-    usam = UncertainSAM(sam, predictors, check=False)
-    random = sorted(t for t, p in predictors.items() if p.config.get("random_weights"))
+    usam = UncertainSAM(sam, estimators, check=False)
+    random = sorted(t for t, p in estimators.items() if p.config.get("random_weights"))
     if random:
         log.warning("MLPs %s were trained on RANDOM-weight SAM tokens: values mean nothing", random)
-    predictor._usam, predictor._usam_keys = usam, keys
-    predictor.predict = types.MethodType(_predict, predictor)
-    return predictor
+    sam_predictor._usam, sam_predictor._usam_keys = usam, keys
+    sam_predictor.predict = types.MethodType(_predict, sam_predictor)
+    return sam_predictor
 
 
 def _predict(

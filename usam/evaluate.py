@@ -1,7 +1,7 @@
 """Stage 4: python -m usam.evaluate — how well each UQ score finds the predictions worth refining.
 
 On the rows of a container (its group-aware validation split, or all rows of a separate
-test container) and a directory of trained USAM predictor bundles: correction curves and
+test container) and a directory of trained USAM estimator bundles: correction curves and
 relative AUCs for the four use cases (usam.evaluation.USE_CASES) of every UQ score, and the
 Pearson correlation of every measure with the GT IoU. The maths is usam.evaluation's; the
 files (`report.json`, CSV tables, PNG plots, TensorBoard scalars under `<run>/tb`) and the
@@ -22,13 +22,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from usam import CONF_DIR
+from usam import CONF_DIR, options
 from usam.cli import run_stage, save_run
 from usam.container import Container
 from usam.errors import UsamError
 from usam.evaluation import (
+    ESTIMATOR_DIRECTION,
     MEASURES,
-    PREDICTOR_DIRECTION,
     USE_CASES,
     compare,
     orient,
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 REPORT_SCHEMA = 1
 RANDOM_WARNING = (
-    "RANDOM SAM WEIGHTS: the container or a predictor was made with untrained SAM 2 weights; "
+    "RANDOM SAM WEIGHTS: the container or an estimator was made with untrained SAM 2 weights; "
     "these numbers test the pipeline and mean nothing about SAM or USAM"
 )
 
@@ -79,7 +79,7 @@ class Evaluator:
         if unknown:
             raise UsamError(f"unknown use case(s) {unknown}; choose from {', '.join(USE_CASES)}")
         # every option in its type and range before any file is read
-        if val_fraction is not None:  # null: the split the predictors' training held out
+        if val_fraction is not None:  # null: the split the estimators' training held out
             val_fraction = number(
                 val_fraction, "evaluator.val_fraction", low=0, high=1, low_open=True, high_open=True
             )
@@ -154,7 +154,7 @@ class Evaluator:
             seed = seed if self.seed is None else self.seed
         elif len(used) > 1:
             raise UsamError(
-                f"the predictors were validated on different splits of {c.path} (val_fraction, "
+                f"the estimators were validated on different splits of {c.path} (val_fraction, "
                 f"seed, filter_model, augmented: {sorted(used, key=str)}); evaluate them apart, "
                 "or set evaluator.val_fraction and evaluator.seed"
             )
@@ -171,19 +171,19 @@ class Evaluator:
         known = [m for m in SIZES if m in models]
         return known[-1] if known else models[-1]
 
-    def load_predictors(self, directory: Any, container: Container) -> dict[str, Any]:
-        """target -> Predictor for every bundle under `directory` (`<dir>/<target>/` or one
-        bundle), found by the loader inference uses (usam.predictor.load_predictors)."""
-        from usam.predictor import load_predictors
+    def load_bundles(self, directory: Any, container: Container) -> dict[str, Any]:
+        """target -> Estimator for every bundle under `directory` (`<dir>/<target>/` or one
+        bundle), found by the loader inference uses (usam.inference.load_bundles)."""
+        from usam.inference import load_bundles
 
         if directory in (None, "", "None"):
-            self.note("predictors=null: USAM predictors are not evaluated, only the other measures")
+            self.note("estimators=null: USAM estimators are not evaluated, only the other measures")
             return {}
-        found = load_predictors(Path(str(directory)), device=self.device)
+        found = load_bundles(Path(str(directory)), device=self.device)
         out = {}
         for target, p in found.items():
             where = p.directory
-            if target not in PREDICTOR_DIRECTION:
+            if target not in ESTIMATOR_DIRECTION:
                 self.note(
                     f"{where}: target {target!r} has no known direction; left out", logging.WARNING
                 )
@@ -191,22 +191,22 @@ class Evaluator:
             width = 2 * int(container.meta["token_dim"])
             if p.model.in_features != width:
                 raise UsamError(
-                    f"{where}: the predictor takes {p.model.in_features} inputs but the container's "
+                    f"{where}: the estimator takes {p.model.in_features} inputs but the container's "
                     f"tokens give {width}; retrain it on this kind of container"
                 )
             self._check_trained_on(p.config, target, container)
             out[target] = p
             self.bundle_dirs[target] = where
-        log.info("predictors from %s: %s", directory, ", ".join(out))
+        log.info("estimators from %s: %s", directory, ", ".join(out))
         return out
 
     def _check_trained_on(self, config: dict[str, Any], target: str, container: Container) -> None:
         """Refuse a bundle whose SAM version or sizes differ from the rows it would score.
 
-        The same check as inference (usam.predictor.check_trained_on): the rows scored are
+        The same check as inference (usam.inference.check_trained_on): the rows scored are
         the evaluated model's, plus tiny's when model selection ranks by this target.
         """
-        from usam.predictor import check_trained_on
+        from usam.inference import check_trained_on
 
         versions = [v for v in container.meta.get("sam_versions") or [] if v not in ("", "None")]
         model = self.pick_model(container)
@@ -229,7 +229,7 @@ class Evaluator:
         )
 
     def check_leak(self, bundles: dict[str, Any], view: Container, split: str) -> dict[str, Any]:
-        """Which evaluated rows each predictor's fit saw; refuse any unless explicitly allowed.
+        """Which evaluated rows each estimator's fit saw; refuse any unless explicitly allowed.
 
         A row counts as seen when its (dataset, group) was in the fit (usam.protocol).
         Returns the report's `protocol` entry: status out-of-sample, in-sample, unverified
@@ -254,14 +254,14 @@ class Evaluator:
         if seen_by and not self.allow_in_sample:
             worst = max(seen_by.values())
             raise UsamError(
-                f"predictors {', '.join(seen_by)} were trained on up to {worst} of the {n} rows "
+                f"estimators {', '.join(seen_by)} were trained on up to {worst} of the {n} rows "
                 f"this evaluation would score ({where}): in-sample numbers are not results. "
                 "Evaluate rows they never saw (a separate container with split=all, or train with "
                 "trainer.refit_all=false and evaluate split=val), or set "
                 "evaluator.allow_in_sample_results=true to report them labelled IN-SAMPLE"
             )
         if not bundles:
-            status, text = "no-predictors", "no USAM predictors evaluated (nothing was trained)"
+            status, text = "no-predictors", "no USAM estimators evaluated (nothing was trained)"
         elif seen_by:
             status = "in-sample"
             text = (
@@ -272,13 +272,13 @@ class Evaluator:
             status = "unverified"
             text = (
                 f"UNVERIFIED: {', '.join(unverified)} do not record the rows they were trained on "
-                "(a bundle from an older usam or imported); the other predictors never saw these rows"
+                "(a bundle from an older usam or imported); the other estimators never saw these rows"
             )
         else:
             status = "out-of-sample"
             text = (
                 f"out-of-sample: none of the {groups} group{'s' if groups != 1 else ''} ({n} rows) "
-                f"evaluated ({where}) was in any predictor's training fit"
+                f"evaluated ({where}) was in any estimator's training fit"
             )
         level = logging.INFO if status in ("out-of-sample", "no-predictors") else logging.WARNING
         self.note(text, level)
@@ -299,14 +299,14 @@ class Evaluator:
             "predictors": per,
         }
 
-    def predict(self, predictors: dict[str, Any], view: Container) -> dict[str, np.ndarray]:
-        """Each predictor's value for every row of `view`, in the target's units."""
-        out = {t: np.empty(len(view)) for t in predictors}
+    def predict(self, estimators: dict[str, Any], view: Container) -> dict[str, np.ndarray]:
+        """Each estimator's value for every row of `view`, in the target's units."""
+        out = {t: np.empty(len(view)) for t in estimators}
         for start in range(0, len(view), self.batch_size):
             tokens = torch.from_numpy(
                 view.read_tokens(np.arange(start, min(start + self.batch_size, len(view))))
             )
-            for t, p in predictors.items():
+            for t, p in estimators.items():
                 out[t][start : start + len(tokens)] = p(tokens).double().cpu().numpy()
         return out
 
@@ -334,9 +334,9 @@ class Evaluator:
         raw |= {m: (sub[m], d) for m, d in MEASURES.items() if m != "sam_score"}
         for t in targets:
             if t in preds:
-                raw[f"usam_{t}"] = (preds[t][pos], PREDICTOR_DIRECTION[t])
+                raw[f"usam_{t}"] = (preds[t][pos], ESTIMATOR_DIRECTION[t])
             elif preds:
-                self.note(f"{name}: no {t} predictor bundle, usam_{t} left out")
+                self.note(f"{name}: no {t} estimator bundle, usam_{t} left out")
         dropped: dict[str, int] = {}
         keep = np.ones(len(sub), dtype=bool)
         for col, values in ((cheap_col, cheap), (refined_col or "1", refined)):
@@ -410,14 +410,14 @@ class Evaluator:
 
     # ---- the stage -------------------------------------------------------------------------
     def run(
-        self, *, container: Any, predictors: Any, split: str, run_dir: str | Path
+        self, *, container: Any, estimators: Any, split: str, run_dir: str | Path
     ) -> dict[str, Any]:
         start = time.time()
         self.notes, self.bundle_dirs = [], {}
         run_dir = Path(run_dir)
         c = Container.open(container)
         model = self.pick_model(c)
-        bundles = self.load_predictors(predictors, c)
+        bundles = self.load_bundles(estimators, c)
         how = self.split_of(c, bundles)
         view = self.rows(c, str(split), how)
         protocol = self.check_leak(bundles, view, str(split))
@@ -499,7 +499,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evaluator = instantiate(cfg.evaluator)
     summary = evaluator.run(
         container=cfg.container,
-        predictors=cfg.predictors,
+        estimators=options.estimators(cfg),
         split=cfg.split,
         run_dir=cfg.paths.output_dir,
     )

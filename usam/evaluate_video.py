@@ -1,4 +1,4 @@
-"""python -m usam.evaluate_video dataset=davis predictors=<dir>: which per-frame score finds lost tracks.
+"""python -m usam.evaluate_video dataset=davis estimators=<dir>: which per-frame score finds lost tracks.
 
 For every video of the split (this shard's block of videos): every object is prompted on its
 first annotated frame (the SPEC centre prompt of its GT mask, or with init=mask the mask
@@ -29,12 +29,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
-from usam import CONF_DIR
+from usam import CONF_DIR, options
 from usam.cli import run_stage, save_run
 from usam.datasets.base import DatasetReader, Entry
 from usam.errors import SampleError, UsamError
-from usam.mlp import Predictor
-from usam.predictor import load_predictors
+from usam.inference import load_bundles
+from usam.mlp import Estimator
 from usam.prompts import instance_rng, prompt_points
 from usam.storage import write_json
 from usam.track_metrics import frame_iou, score_report
@@ -112,18 +112,18 @@ def videos_of(reader: DatasetReader) -> list[VideoTrack]:
     return tracks
 
 
-def predictor_sets(predictors: Any, targets: list[str] | None) -> dict[str, Predictor]:
+def estimator_sets(estimators: Any, targets: list[str] | None) -> dict[str, Estimator]:
     """null -> {}; a directory -> {target: p}; {set: directory} -> {"set/target": p}."""
-    predictors = _plain(predictors)
-    if predictors is None:
+    estimators = _plain(estimators)
+    if estimators is None:
         return {}
-    if isinstance(predictors, Mapping):
+    if isinstance(estimators, Mapping):
         out = {}
-        for name, directory in predictors.items():
-            for t, p in load_predictors(directory, targets=targets).items():
+        for name, directory in estimators.items():
+            for t, p in load_bundles(directory, targets=targets).items():
                 out[f"{name}/{t}"] = p
         return out
-    return load_predictors(predictors, targets=targets)
+    return load_bundles(estimators, targets=targets)
 
 
 @dataclass
@@ -337,9 +337,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         title = ""
     else:
         reader, tracks = shard_videos(cfg)
-        predictors = predictor_sets(cfg.predictors, _plain(cfg.targets))
+        estimators = estimator_sets(options.estimators(cfg), _plain(cfg.targets))
         vusam = from_sam_model_cfg(
-            cfg.sam_model, cfg.size, predictors=predictors, checkpoint=cfg.checkpoint
+            cfg.sam_model, cfg.size, estimators=estimators, checkpoint=cfg.checkpoint
         )
         evaluator = VideoEvaluator(
             vusam,
@@ -360,7 +360,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         failed = reader.stats.unreadable + failed
         score_names = [*SAM_SCORES, *vusam.targets]
         random_bundles = sorted(
-            t for t, p in vusam.predictors.items() if p.config.get("random_weights")
+            t for t, p in vusam.estimators.items() if p.config.get("random_weights")
         )
         meta = {
             "dataset": reader.name,
@@ -377,7 +377,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if vusam.random_weights or random_bundles:
             title = " - RANDOM weights: numbers mean nothing"
             log.warning(
-                "RANDOM weights (SAM 2: %s, predictors: %s): every number of this run means nothing",
+                "RANDOM weights (SAM 2: %s, estimators: %s): every number of this run means nothing",
                 vusam.random_weights,
                 random_bundles or "none",
             )

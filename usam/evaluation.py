@@ -52,8 +52,8 @@ MEASURES: dict[str, str] = {
     "h_augmentation": HIGH,  # NaN without augmentations
 }
 
-# USAM predictor targets and their direction (usam.schema.TARGET_TABLE)
-PREDICTOR_DIRECTION = DIRECTION
+# USAM estimator targets and their direction (usam.schema.TARGET_TABLE)
+ESTIMATOR_DIRECTION = DIRECTION
 
 
 @dataclass(frozen=True)
@@ -63,18 +63,18 @@ class UseCase:
     cheap: str  # column with the IoU before refinement
     refined: str | None  # column with the IoU after refinement; None = 1 (a perfect mask)
     sam_score: str  # column with the SAM score of the cheap prediction's mask
-    predictors: tuple[str, ...]  # USAM targets that rank this case (direction: PREDICTOR_DIRECTION)
+    estimators: tuple[str, ...]  # USAM targets that rank this case (direction: ESTIMATOR_DIRECTION)
     rows_model: str | None = None  # rows of this model only; None = the evaluated model
     label: str = ""
     needs_models: tuple[str, ...] = field(default=())  # models the container must hold
 
     def columns(self, model: str) -> tuple[str, str | None, str, tuple[str, ...]]:
-        """(cheap, refined, sam_score, predictor targets) with `{model}` filled in."""
+        """(cheap, refined, sam_score, estimator targets) with `{model}` filled in."""
         return (
             self.cheap.format(model=model),
             None if self.refined is None else self.refined.format(model=model),
             self.sam_score.format(model=model),
-            tuple(p.format(model=model) for p in self.predictors),
+            tuple(p.format(model=model) for p in self.estimators),
         )
 
 
@@ -84,7 +84,7 @@ USE_CASES: dict[str, UseCase] = {
         cheap="iou_tiny",
         refined="iou_large",
         sam_score="sam_score",
-        predictors=("model_gap", "iou_tiny"),
+        estimators=("model_gap", "iou_tiny"),
         rows_model="tiny",
         label="model selection (tiny -> large)",
         needs_models=("tiny", "large"),
@@ -93,7 +93,7 @@ USE_CASES: dict[str, UseCase] = {
         cheap="iou",
         refined="iou_dense_prompt",
         sam_score="sam_score",
-        predictors=("prompt_gap", "iou_{model}"),
+        estimators=("prompt_gap", "iou_{model}"),
         label="prompt refinement (center point -> dense prompt)",
     ),
     # cheap = the mask SAM's own score picks, refined = the best of the three
@@ -101,14 +101,14 @@ USE_CASES: dict[str, UseCase] = {
         cheap="unsupervised_iou",
         refined="iou",
         sam_score="unsupervised_sam_score",
-        predictors=("task_gap", "unsupervised_iou"),
+        estimators=("task_gap", "unsupervised_iou"),
         label="task supervision (SAM-score mask -> best mask)",
     ),
     "segmentation": UseCase(
         cheap="iou",
         refined=None,
         sam_score="sam_score",
-        predictors=("iou_{model}", "unsupervised_iou"),
+        estimators=("iou_{model}", "unsupervised_iou"),
         label="segmentation (prediction -> ground truth)",
     ),
 }

@@ -1,4 +1,4 @@
-"""Hyperparameter search for one predictor: the `hpo` config group.
+"""Hyperparameter search for one estimator: the `hpo` config group.
 
 A runner gets an objective (hyperparameters -> validation loss on the group-aware split)
 and the configured hyperparameters, and returns the ones to train the final model with,

@@ -25,7 +25,7 @@ from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.download import file_sha256
 from usam.errors import UsamError
-from usam.mlp import Predictor, UsamMLP, load_bundle, save_bundle
+from usam.mlp import Estimator, UsamMLP, load_bundle, save_bundle
 from usam.schema import SIZES, TARGETS
 
 log = logging.getLogger(__name__)
@@ -114,13 +114,13 @@ def published_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def load_published(folder: str | Path) -> dict[str, Predictor]:
-    """A published models/mlps/sam2.X folder in memory: {folder name: Predictor}, published
+def load_published(folder: str | Path) -> dict[str, Estimator]:
+    """A published models/mlps/sam2.X folder in memory: {folder name: Estimator}, published
     pairing; the version from the folder's name when it says (sam2.0 / sam2.1)."""
     folder = Path(folder)
     version = folder.name if folder.name in VERSIONS else None
     return {
-        name: Predictor(as_usam_mlp(read_published(f)), published_config(target_of(name), version))
+        name: Estimator(as_usam_mlp(read_published(f)), published_config(target_of(name), version))
         for name, f in published_files(folder).items()
     }
 

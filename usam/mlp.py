@@ -1,8 +1,8 @@
-"""The USAM predictor: a small MLP on [iou_token, mask_token], and its bundle on disk.
+"""The USAM estimator: a small MLP on [iou_token, mask_token], and its bundle on disk.
 
 A bundle is a directory with `model.safetensors` (the weights) and `config.json` (what
 the weights are: architecture, target, output shift, the data and hyperparameters that
-made them, validation metrics). `Predictor.load(dir)` gives back a module whose output
+made them, validation metrics). `Estimator.load(dir)` gives back a module whose output
 is already in the target's own units (gap outputs shifted back by -0.5).
 """
 
@@ -88,7 +88,7 @@ def save_bundle(directory: str | Path, model: UsamMLP, config: dict[str, Any]) -
     digest = write_bytes(directory / "model.safetensors", save(state, metadata={"format": "pt"}))
     config = {
         "schema": BUNDLE_SCHEMA,
-        "kind": "usam.predictor",
+        "kind": "usam.predictor",  # the format's name since schema 1: bundles on disk keep it
         "token_pairing": DEFAULT_PAIRING,
         **config,
         "architecture": model.architecture(),
@@ -108,15 +108,15 @@ def load_bundle(
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"
     if not config_path.is_file() or not weights_path.is_file():
         raise UsamError(
-            f"{directory} is not a predictor bundle: it needs config.json and model.safetensors "
+            f"{directory} is not an estimator bundle: it needs config.json and model.safetensors "
             f"(written by python -m usam.train)"
         )
     config = read_json(config_path)
     if not isinstance(config, dict):
-        raise UsamError(f"{config_path}: not a usam predictor config (not a JSON object)")
+        raise UsamError(f"{config_path}: not a usam estimator config (not a JSON object)")
     if config.get("kind") != "usam.predictor" or config.get("schema") != BUNDLE_SCHEMA:
         raise UsamError(
-            f"{config_path}: not a usam predictor config of schema {BUNDLE_SCHEMA} "
+            f"{config_path}: not a usam estimator config of schema {BUNDLE_SCHEMA} "
             f"(kind={config.get('kind')!r}, schema={config.get('schema')!r}); retrain with this version"
         )
     if token_pairing(config) not in PAIRINGS:
@@ -137,13 +137,13 @@ def load_bundle(
     try:
         data = read_verified(weights_path, digest, config_path)
     except MismatchedPair as err:
-        raise UsamError(f"{err}; retrain the predictor") from None
+        raise UsamError(f"{err}; retrain the estimator") from None
     model = UsamMLP(in_features=arch["in_features"], hidden=arch["hidden"])
     try:
         model.load_state_dict(load(data))
     except Exception as err:  # safetensors header errors and shape mismatches alike
         raise UsamError(
-            f"{weights_path}: cannot load weights ({err}); retrain the predictor"
+            f"{weights_path}: cannot load weights ({err}); retrain the estimator"
         ) from None
     return model.to(device).eval(), config
 
@@ -166,7 +166,7 @@ def paired_token(source: torch.Tensor, pairing: str) -> torch.Tensor:
     raise UsamError(f"token pairing {pairing!r} is unknown; use one of {', '.join(PAIRINGS)}")
 
 
-class Predictor(nn.Module):
+class Estimator(nn.Module):
     """A trained MLP with its target's shift undone: tokens in, target values out."""
 
     def __init__(self, model: UsamMLP, config: dict[str, Any]):
@@ -178,7 +178,7 @@ class Predictor(nn.Module):
         self.directory: Path | None = None  # the bundle it was loaded from, if any
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Estimator:
         p = cls(*load_bundle(directory, device))
         p.directory = Path(directory)
         return p

@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 from usam.errors import UsamError
 
 
@@ -89,6 +91,33 @@ def interval(
     if not a < b:
         raise UsamError(f"{key} must be a range [low, high] with low < high, got {list(value)}")
     return a, b
+
+
+def estimators(cfg: Any) -> Any:
+    """The stage's `estimators` option (bundle folders); `predictors`, its old name, still works.
+
+    The stage configs default `estimators` to `${oc.select:predictors,<default>}` and leave
+    `predictors` unset (`???`), so `predictors=<dir>` alone sets `estimators`. Both given with
+    different values is refused rather than one silently winning.
+    """
+    new = _plain(cfg.get("estimators"))
+    if "predictors" not in cfg or OmegaConf.is_missing(cfg, "predictors"):
+        return new
+    old = _plain(cfg["predictors"])
+    if old != new:
+        raise UsamError(
+            f"estimators={_show(new)} and predictors={_show(old)} disagree (predictors is the "
+            "old name of estimators); give estimators= only"
+        )
+    return new
+
+
+def _plain(value: Any) -> Any:
+    return (
+        OmegaConf.to_container(value, resolve=True)
+        if isinstance(value, (DictConfig, ListConfig))
+        else value
+    )
 
 
 def _range_text(low: Any, high: Any, low_open: bool, high_open: bool) -> str:

@@ -8,7 +8,7 @@ summary sit where a single-stage run would put them. An override no stage accept
 
 The evaluation is out-of-sample by default (SPEC, Stage 3). Where the dataset has a training
 split (`pipeline.train_split`, auto = `train` when the reader has one), both splits are
-extracted and contained: the predictors are trained on the training split and evaluated on
+extracted and contained: the estimators are trained on the training split and evaluated on
 every row of `dataset.split`. On a single split (the bundled sample) they are trained with
 `trainer.refit_all=false` and evaluated on the group split's validation side, which their fit
 never saw. The summary names the protocol; python -m usam.evaluate refuses seen rows.
@@ -45,7 +45,8 @@ SET_BY_PIPELINE = {
         "container": "the training split's container",
     },
     "evaluate": {
-        "predictors": "the bundles just trained",
+        "estimators": "the bundles just trained",
+        "predictors": "the bundles just trained",  # the old name of estimators
         "split": "the protocol decides it",
         "container": "the evaluation split's container",
     },
@@ -132,7 +133,7 @@ def training_split(setting: Any, splits: list[str], eval_split: str, dataset: st
         )
     if setting == eval_split:
         raise UsamError(
-            f"pipeline.train_split={setting} equals dataset.split: the predictors would be "
+            f"pipeline.train_split={setting} equals dataset.split: the estimators would be "
             "evaluated on their own training rows; choose another split, or "
             "pipeline.train_split=null for a group split of one split"
         )
@@ -180,7 +181,7 @@ class Pipeline:
         routed = route(overrides)
         train_split = training_split(self.train_split, splits or [eval_split], eval_split, dataset)
         stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
-        predictors = self.log_dir / "train" / stamp / "predictors"
+        bundles = self.log_dir / "train" / stamp / "predictors"
         targets = self.targets or available_targets(sizes)
         # (name, stage, leading args, trailing args): the leading ones a user may override,
         # the trailing ones fix where each stage reads and writes
@@ -190,7 +191,7 @@ class Pipeline:
                 "statement": (
                     f"trained on the train side of a group split of {dataset} {eval_split} "
                     "(trainer.refit_all=false) and evaluated on its validation side, whose "
-                    "groups (videos / images) no predictor was fitted on"
+                    "groups (videos / images) no estimator was fitted on"
                 ),
             }
             steps = [
@@ -204,7 +205,7 @@ class Pipeline:
                 "name": "train/test splits",
                 "statement": (
                     f"trained on {dataset} {train_split} and evaluated on every row of "
-                    f"{dataset} {eval_split}, a separate container that no predictor was fitted on"
+                    f"{dataset} {eval_split}, a separate container that no estimator was fitted on"
                 ),
             }
             side = [f"dataset.split={train_split}"]
@@ -226,7 +227,7 @@ class Pipeline:
         out: dict[str, Any] = {
             "protocol": {**protocol, "train_split": train_split, "eval_split": eval_split},
             "run_folders": {name: str(d) for name, d in dirs.items()},
-            "predictors": str(predictors),
+            "predictors": str(bundles),
             "targets": targets,
             "stages": {},
         }
@@ -236,7 +237,7 @@ class Pipeline:
             if stage == "train":
                 args += [
                     f"predictor={','.join(targets)}",
-                    override("out_dir", predictors),
+                    override("out_dir", bundles),
                     override("hydra.sweep.dir", dirs[name]),
                     "trainer.progress=false",
                 ]
@@ -247,7 +248,7 @@ class Pipeline:
             else:
                 args.append(override("hydra.run.dir", dirs[name]))
                 if stage == "evaluate":
-                    args.append(override("predictors", predictors))
+                    args.append(override("estimators", bundles))
                 self.stage(stage, args, dirs[name])
                 out["stages"][name] = _summary(dirs[name])
         if "evaluate" in out["stages"]:
@@ -279,7 +280,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     save_run(cfg, summary)
     for stage, folder in summary["run_folders"].items():
         log.info("%-16s -> %s", stage, folder)
-    log.info("predictor bundles -> %s", summary["predictors"])
+    log.info("estimator bundles -> %s", summary["predictors"])
     protocol = summary["protocol"]
     log.info("protocol (%s): %s", protocol["name"], protocol["statement"])
     if protocol.get("evaluation_statement"):

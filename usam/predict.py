@@ -1,4 +1,4 @@
-"""python -m usam.predict image=<file> point=[x,y] predictors=<dir>: the USAM demo, headless.
+"""python -m usam.predict image=<file> point=[x,y] estimators=<dir>: the USAM demo, headless.
 
 Segments one image from one prompt with SAM 2 and the trained USAM bundles, writes an
 overlay PNG (the mask with the highest SAM score tinted, the prompt marked, the estimates
@@ -16,11 +16,11 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from usam import CONF_DIR
+from usam import CONF_DIR, options
 from usam.cli import run_stage, save_run
 from usam.datasets.base import read_rgb
 from usam.errors import UsamError
-from usam.predictor import (
+from usam.inference import (
     Prediction,
     UncertainSAM,
     check_prompt_geometry,
@@ -95,7 +95,7 @@ def build(cfg: DictConfig) -> UncertainSAM:
         checkpoint = Path(sm.checkpoint_dir) / sm.checkpoints[size]
     return UncertainSAM.from_pretrained(
         None if sm.random_weights else checkpoint,
-        cfg.predictors,
+        options.estimators(cfg),
         size=size,
         config=config,
         version=version,
@@ -175,7 +175,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     usam.set_image(image)
     pred = usam.predict(**prompt, multimask_output=bool(cfg.get("multimask_output", True)))
     sam = usam.sam
-    random_bundles = sorted(t for t, p in usam.predictors.items() if p.config.get("random_weights"))
+    random_bundles = sorted(t for t, p in usam.estimators.items() if p.config.get("random_weights"))
     title = [f"{sam.version} {sam.size}"]
     if sam.random_weights or random_bundles:
         title.append("RANDOM weights: numbers mean nothing")

@@ -1,6 +1,6 @@
-"""Which rows a predictor saw, and whether an evaluation scores any of them.
+"""Which rows an estimator saw, and whether an evaluation scores any of them.
 
-A predictor's bundle records the rows its final fit used (`training_record`): the identity
+An estimator's bundle records the rows its final fit used (`training_record`): the identity
 of each training container (path and a digest of its `meta.json`), the filters, the group
 split (fraction and seed) and which side of it went into the fit, and, in a file of its own
 (`seen_groups.json`), the groups (video / image) of those rows. A row counts as seen when

@@ -364,11 +364,11 @@ class SamModel:
         self.random_weights = bool(random_weights)
         self.batch_size = int(batch_size)
         self.image_size = int(model.image_size)
-        self.predictor = SAM2ImagePredictor(model)
+        self.sam_predictor = SAM2ImagePredictor(model)
         _quiet_predictor_logs()
         # upstream fixes these for 1024 inputs; the encoder's levels are strides 4, 8, 16
         s = self.image_size
-        self.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+        self.sam_predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
         self.encoder_passes = 0  # images encoded (a batch of B counts B)
         self._img_idx = -1  # which image of the last set_images `decode` uses (-1: the only one)
         self._captured: dict[Any, torch.Tensor] | None = None
@@ -442,7 +442,7 @@ class SamModel:
         """Encode one H x W x 3 uint8 RGB image; every later `decode` uses it."""
         image = self._check_image(image)
         with torch.inference_mode(), self._autocast():
-            self.predictor.set_image(image)
+            self.sam_predictor.set_image(image)
         self._img_idx = -1
         self.encoder_passes += 1
 
@@ -453,13 +453,13 @@ class SamModel:
         if not images:
             raise UsamError("SamModel.set_images needs at least one image")
         with torch.inference_mode(), self._autocast():
-            self.predictor.set_image_batch(images)
+            self.sam_predictor.set_image_batch(images)
         self._img_idx = 0
         self.encoder_passes += len(images)
 
     def use_image(self, index: int) -> None:
         """Decode against image `index` of the last `set_images` (-1: the last one)."""
-        n = len(self.predictor._orig_hw) if self.predictor._is_image_set else 0
+        n = len(self.sam_predictor._orig_hw) if self.sam_predictor._is_image_set else 0
         if not -n <= index < n:
             raise UsamError(f"SamModel.use_image({index}): {n} images are set")
         self._img_idx = int(index)
@@ -488,7 +488,7 @@ class SamModel:
         points: [B, N, 2] (x, y) in original-image pixels;
         labels: [B, N] (1 foreground, 0 background).
         """
-        if not self.predictor._is_image_set:
+        if not self.sam_predictor._is_image_set:
             raise UsamError("SamModel.decode called before set_image")
         points = torch.as_tensor(points, dtype=torch.float32, device=self.device)
         labels = torch.as_tensor(labels, dtype=torch.int32, device=self.device)
@@ -527,7 +527,7 @@ class SamModel:
 
         Returns the Decoded outputs and the raw low-resolution logits [B, 3, h, w].
         """
-        p = self.predictor
+        p = self.sam_predictor
         self._captured = {}
         try:
             with torch.inference_mode(), self._autocast():
@@ -582,7 +582,7 @@ class SamModel:
     ) -> DecodedTokens:
         """One decoder call for batched prompts, with all four mask tokens and, per returned
         mask, the token that made it (three masks with multimask_output, else one)."""
-        p = self.predictor
+        p = self.sam_predictor
         with self.capture() as captured, torch.inference_mode(), self._autocast():
             mask_in, coords, lab, box = p._prep_prompts(
                 points, labels, boxes, mask_input, normalize_coords=True
@@ -610,7 +610,7 @@ class SamModel:
             self._captured = None
 
     def _empty(self) -> Decoded:
-        h, w = self.predictor._orig_hw[self._img_idx]
+        h, w = self.sam_predictor._orig_hw[self._img_idx]
         r, c = self.low_res_size, int(self.model.sam_mask_decoder.transformer_dim)
 
         def z(*shape, dtype=torch.float32):

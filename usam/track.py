@@ -1,4 +1,4 @@
-"""python -m usam.track video=<folder|mp4> point=[x,y] predictors=<dir>: which frames went wrong.
+"""python -m usam.track video=<folder|mp4> point=[x,y] estimators=<dir>: which frames went wrong.
 
 Tracks one or several prompted objects through a video with SAM 2's video predictor
 (`usam.video.VideoUSAM`: forward from the earliest prompt, then backward to frame 0) and
@@ -22,11 +22,11 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
-from usam import CONF_DIR
+from usam import CONF_DIR, options
 from usam.cli import run_stage, save_run
 from usam.errors import UsamError
+from usam.inference import load_bundles, parse_checkpoint_name
 from usam.predict import prompt_arrays, write_png
-from usam.predictor import load_predictors, parse_checkpoint_name
 from usam.storage import atomic_path, write_json
 from usam.video import FrameResult, VideoFrames, VideoUSAM, from_sam_model_cfg
 
@@ -83,12 +83,9 @@ def build(cfg: DictConfig) -> VideoUSAM:
         size = named or size
         if not Path(checkpoint).is_file():
             raise UsamError(f"SAM 2 checkpoint {Path(checkpoint).resolve()} not found")
-    predictors = (
-        {}
-        if cfg.predictors is None
-        else load_predictors(cfg.predictors, targets=_plain(cfg.targets))
-    )
-    return from_sam_model_cfg(sm, size, predictors=predictors, checkpoint=checkpoint)
+    folder = options.estimators(cfg)
+    estimators = {} if folder is None else load_bundles(folder, targets=_plain(cfg.targets))
+    return from_sam_model_cfg(sm, size, estimators=estimators, checkpoint=checkpoint)
 
 
 def track(
@@ -317,13 +314,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         r["check"] = bool(math.isfinite(v) and v < cfg.threshold)
     flagged = {r["frame"] for r in rows if r["check"]}
     random_bundles = sorted(
-        t for t, p in vusam.predictors.items() if p.config.get("random_weights")
+        t for t, p in vusam.estimators.items() if p.config.get("random_weights")
     )
     title = f"{vusam.version} {vusam.size}, {Path(cfg.video).name}"
     if vusam.random_weights or random_bundles:
         title += "  RANDOM weights: numbers mean nothing"
         log.warning(
-            "RANDOM weights (SAM 2: %s, predictors: %s): every score of this run means nothing",
+            "RANDOM weights (SAM 2: %s, estimators: %s): every score of this run means nothing",
             vusam.random_weights,
             random_bundles or "none",
         )

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from usam.evaluation import HIGH, LOW, PREDICTOR_DIRECTION, compare, orient, pearson, r_grid
+from usam.evaluation import ESTIMATOR_DIRECTION, HIGH, LOW, compare, orient, pearson, r_grid
 
 FAILURE_IOU = 0.5
 # SAM 2's own per-frame scores and the entropies of the kept mask
@@ -68,8 +68,8 @@ def direction(name: str) -> str:
     base = name.rsplit("/", 1)[-1]
     if base in SCORE_DIRECTION:
         return SCORE_DIRECTION[base]
-    if base in PREDICTOR_DIRECTION:
-        return PREDICTOR_DIRECTION[base]
+    if base in ESTIMATOR_DIRECTION:
+        return ESTIMATOR_DIRECTION[base]
     raise ValueError(f"unknown score {name!r}: not one of {sorted(SCORE_DIRECTION)} or a target")
 
 

@@ -277,7 +277,7 @@ class Objective:
 
 
 class Trainer:
-    """Fits one predictor: load and check data, search (via `hpo`), fit, evaluate, refit, save."""
+    """Fits one estimator: load and check data, search (via `hpo`), fit, evaluate, refit, save."""
 
     def __init__(
         self,
@@ -548,7 +548,7 @@ class Trainer:
                 )
         finally:
             writer.close()
-        check_finite_model(model, f"predictor {target}")
+        check_finite_model(model, f"estimator {target}")
         bundle = out_dir / target
         meta = data.meta
         paths = container_paths(container)
@@ -575,7 +575,7 @@ class Trainer:
         save_bundle(bundle, model, config)
         if config["random_weights"]:
             log.warning(
-                "%s: the container came from random SAM weights; this predictor is for testing only",
+                "%s: the container came from random SAM weights; this estimator is for testing only",
                 target,
             )
         summary = {
@@ -605,7 +605,7 @@ class Trainer:
     def hyperparameters(
         self, p: dict[str, Any], meta: dict[str, Any], dataset: str | None
     ) -> dict[str, Any]:
-        """Paper defaults for the container's dataset, overridden by every non-null predictor value."""
+        """Paper defaults for the container's dataset, overridden by every non-null `predictor` value."""
         held = list(meta.get("datasets") or [])
         name = held[0] if len(held) == 1 else (dataset or "unknown")
         if dataset and len(held) == 1 and held[0] != dataset:

@@ -43,7 +43,7 @@ import torch
 
 from usam.errors import UsamError
 from usam.measures import entropy, mixture, score_weights
-from usam.mlp import Predictor, paired_token
+from usam.mlp import Estimator, paired_token
 from usam.sam import build_sam2_model, hook_decoder_tokens
 
 log = logging.getLogger(__name__)
@@ -324,10 +324,10 @@ def _float_memory(module, args, kwargs):
 
 
 class VideoUSAM:
-    """SAM 2's video predictor plus USAM predictors: prompts in, masks and per-frame scores out.
+    """SAM 2's video predictor plus USAM estimators: prompts in, masks and per-frame scores out.
 
     vusam = VideoUSAM(build_video_model(cfg, ckpt), size="tiny", version="sam2.1",
-                      predictors=load_predictors("models"))
+                      estimators=load_bundles("models"))
     state = vusam.init_state("video.mp4")
     vusam.add_new_points_or_box(state, frame_idx=0, obj_id=1, points=[[210, 350]], labels=[1])
     for frame in vusam.propagate_in_video(state):
@@ -340,12 +340,12 @@ class VideoUSAM:
         *,
         size: str,
         version: str,
-        predictors: Mapping[str, Predictor] | None = None,
+        estimators: Mapping[str, Estimator] | None = None,
         random_weights: bool = False,
         keep_tokens: bool = False,
         check: bool = True,
     ):
-        from usam.predictor import check_compatible, pairing_heads
+        from usam.inference import check_compatible, pairing_heads
 
         self.model = model  # the SAM2VideoPredictor
         self.size, self.version = size, version
@@ -353,13 +353,13 @@ class VideoUSAM:
         self.keep_tokens = bool(keep_tokens)
         self.device = model.device
         self.image_size = int(model.image_size)
-        self.predictors = {t: p.to(self.device).eval() for t, p in (predictors or {}).items()}
+        self.estimators = {t: p.to(self.device).eval() for t, p in (estimators or {}).items()}
         if check:  # reads .version, .size, .model and .random_weights of this object
-            check_compatible(self, self.predictors)
+            check_compatible(self, self.estimators)
         elif self.random_weights:
             log.warning("SAM 2 has RANDOM weights: masks, scores and estimates mean nothing")
-        self.targets = list(self.predictors)
-        self.heads = pairing_heads(self.predictors)  # usam.mlp.paired_token per pairing
+        self.targets = list(self.estimators)
+        self.heads = pairing_heads(self.estimators)  # usam.mlp.paired_token per pairing
         self._call: dict[str, Any] | None = None  # decoder outputs inside one frame inference
         self._records: dict[tuple[int, int], ObjectScores] = {}  # (frame, obj_idx) -> scores
         # (frame, obj_idx) -> (IoU token, four mask tokens, kept token): estimates not yet run
@@ -644,14 +644,14 @@ class VideoUSAM:
 
     def __repr__(self) -> str:
         tag = ", RANDOM weights" if self.random_weights else ""
-        return f"VideoUSAM({self.version} {self.size}{tag}, predictors={sorted(self.predictors)})"
+        return f"VideoUSAM({self.version} {self.size}{tag}, estimators={sorted(self.estimators)})"
 
 
 def from_sam_model_cfg(
     sam_model: Any,
     size: str,
     *,
-    predictors: Mapping[str, Predictor] | None = None,
+    estimators: Mapping[str, Estimator] | None = None,
     checkpoint: str | Path | None = None,
     keep_tokens: bool = False,
 ) -> VideoUSAM:
@@ -674,7 +674,7 @@ def from_sam_model_cfg(
         model,
         size=size,
         version=sm.version,
-        predictors=predictors,
+        estimators=estimators,
         random_weights=sm.random_weights,
         keep_tokens=keep_tokens,
     )

@@ -106,21 +106,21 @@ MISMATCHES = [
         "iou_large",
         {"sam_version": "sam2.0"},
         {},
-        "predictor 'iou_large' was trained on sam2.0 tokens but the container {c} (rows "
+        "estimator 'iou_large' was trained on sam2.0 tokens but the container {c} (rows "
         "evaluated here) is sam2.1: use sam2.0 tokens or bundles trained on this version",
     ),
     (
         "task_gap",
         {"models": ["tiny", "small"]},
         {},
-        "predictor 'task_gap' was trained on tokens of SAM tiny+small but the container {c} "
+        "estimator 'task_gap' was trained on tokens of SAM tiny+small but the container {c} "
         "(rows evaluated here) is SAM large: use that size or bundles trained on large tokens",
     ),
     (
         "prompt_gap",
         {"filter_model": "large"},
         {"model": "tiny"},
-        "predictor 'prompt_gap' was trained on tokens of SAM large but the container {c} "
+        "estimator 'prompt_gap' was trained on tokens of SAM large but the container {c} "
         "(rows evaluated here) is SAM tiny: use that size or bundles trained on tiny tokens",
     ),
     # model selection ranks tiny's rows with model_gap, whatever model the rest evaluates
@@ -128,7 +128,7 @@ MISMATCHES = [
         "model_gap",
         {"filter_model": "large"},
         {},
-        "predictor 'model_gap' was trained on tokens of SAM large but the container {c} "
+        "estimator 'model_gap' was trained on tokens of SAM large but the container {c} "
         "(rows evaluated here) is SAM tiny: use that size or bundles trained on tiny tokens",
     ),
 ]
@@ -144,7 +144,7 @@ def test_bundles_of_other_sam_tokens_are_refused(
     bundle(root, target, **config)
     ev = Evaluator(device="cpu", plots=False, tensorboard=False, **options)
     with pytest.raises(UsamError) as err:
-        ev.run(container=container, predictors=root, split="all", run_dir=tmp_path / "run")
+        ev.run(container=container, estimators=root, split="all", run_dir=tmp_path / "run")
     assert str(err.value) == message.format(c=container)
     assert not (tmp_path / "run" / "report.json").exists()
 
@@ -154,7 +154,7 @@ def test_bundles_that_fit_are_evaluated(container, tmp_path):
     bundle(root, "iou_large", filter_model="large")  # the evaluated model's rows only
     bundle(root, "task_gap", sam_version=None, models=None)  # says nothing: not checked
     ev = Evaluator(device="cpu", plots=False, tensorboard=False)
-    summary = ev.run(container=container, predictors=root, split="all", run_dir=tmp_path / "run")
+    summary = ev.run(container=container, estimators=root, split="all", run_dir=tmp_path / "run")
     assert summary["model"] == "large"
     assert "usam_model_gap" in summary["relative_auc"]["model_selection"]
     assert "usam_task_gap" in summary["relative_auc"]["task_supervision"]

@@ -83,7 +83,7 @@ def test_the_pipeline_passes_folders_on_quoted(monkeypatch, tmp_path):
     assert values["container"]["hydra.run.dir"] == str(log_dir / "container" / stamp)
     assert values["train"]["hydra.sweep.dir"] == str(log_dir / "train" / stamp)
     assert values["train"]["out_dir"] == str(log_dir / "train" / stamp / "predictors")
-    assert values["evaluate"]["predictors"] == str(log_dir / "train" / stamp / "predictors")
+    assert values["evaluate"]["estimators"] == str(log_dir / "train" / stamp / "predictors")
     assert values["evaluate"]["hydra.run.dir"] == str(log_dir / "evaluate" / stamp)
 
 

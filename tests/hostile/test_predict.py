@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from usam.errors import UsamError
+from usam.inference import UncertainSAM, check_prompt_geometry
 from usam.predict import run
-from usam.predictor import UncertainSAM, check_prompt_geometry
 from usam.sam import load_sam_model
 
 H, W = 40, 56  # rows, columns: not square, so a swapped x / y is caught
@@ -154,7 +154,7 @@ def test_the_predict_command_refuses_before_building_sam(
     compose_cfg, image_file, tmp_path, prompt, message
 ):
     # sam_model=sam2.1 without a checkpoint: building SAM would fail with "not found"
-    cfg = compose_cfg("predict", [f"image={image_file}", "predictors=null", *prompt])
+    cfg = compose_cfg("predict", [f"image={image_file}", "estimators=null", *prompt])
     with pytest.raises(UsamError) as err:
         run(cfg)
     assert str(err.value) == message

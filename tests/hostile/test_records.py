@@ -3,7 +3,7 @@
 A record carries the settings that made it and the digest of its tensor file; a bundle's
 config.json the digest of its weights. Resuming over other settings is an error naming
 what differs; a pair that is not one version is recomputed (extract), skipped and counted
-(container) or refused (predictor bundles).
+(container) or refused (estimator bundles).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def test_a_half_replaced_bundle_is_refused(tmp_path):
     a = tmp_path / "a"
     assert str(err.value) == (
         f"{a / 'model.safetensors'} is not the file {a / 'config.json'} describes (sha256 "
-        "differs: the pair was half replaced or edited); retrain the predictor"
+        "differs: the pair was half replaced or edited); retrain the estimator"
     )
     load_bundle(tmp_path / "b")  # the intact pair loads
 

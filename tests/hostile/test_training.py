@@ -302,13 +302,13 @@ def test_a_diverged_search_trial_scores_the_worst_loss_and_the_search_goes_on(tm
 
 def test_a_model_with_a_non_finite_weight_is_never_saved():
     model = UsamMLP(hidden=[8, 4])
-    check_finite_model(model, "predictor iou_tiny")  # finite: passes
+    check_finite_model(model, "estimator iou_tiny")  # finite: passes
     with torch.no_grad():
         model.net[2].weight[3, 1] = math.inf  # the second hidden layer, not the first
     with pytest.raises(Diverged) as err:
-        check_finite_model(model, "predictor iou_tiny")
+        check_finite_model(model, "estimator iou_tiny")
     assert str(err.value) == (
-        "predictor iou_tiny: weights ['net.2.weight'] are NaN or infinite; no bundle written"
+        "estimator iou_tiny: weights ['net.2.weight'] are NaN or infinite; no bundle written"
     )
 
 

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from usam import CONF_DIR, hub
 from usam.errors import UsamError
 from usam.hub import looks_like_model_id
-from usam.mlp import PAIRINGS, Predictor, UsamMLP, paired_token
+from usam.mlp import PAIRINGS, Estimator, UsamMLP, paired_token
 from usam.sam import SamModel, load_sam_model, resolve_device
 from usam.schema import SIZES, TARGETS
 
@@ -85,12 +85,12 @@ def packaged_config(version: str, size: str) -> str:
     return str(configs[size])
 
 
-def load_predictors(
+def load_bundles(
     directory: str | Path,
     *,
     targets: list[str] | None = None,
     device: str | torch.device = "cpu",
-) -> dict[str, Predictor]:
+) -> dict[str, Estimator]:
     """Every bundle under `directory` (`<target>/model.safetensors + config.json`), by target.
 
     `directory` may also be one bundle itself. `targets` keeps only those (each must exist).
@@ -98,35 +98,35 @@ def load_predictors(
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise UsamError(
-            f"predictor bundles: {directory.resolve()} not found (not a directory); train them with "
+            f"estimator bundles: {directory.resolve()} not found (not a directory); train them with "
             "python -m usam.train -m 'predictor=glob(*)' out_dir=<dir> and pass that <dir>"
         )
     if (directory / "config.json").is_file():
         dirs = [directory]
     else:
         dirs = sorted(d for d in directory.iterdir() if (d / "config.json").is_file())
-    predictors: dict[str, Predictor] = {}
+    estimators: dict[str, Estimator] = {}
     for d in dirs:
-        p = Predictor.load(d, device)
-        if p.target in predictors:
+        p = Estimator.load(d, device)
+        if p.target in estimators:
             raise UsamError(
                 f"{directory}: two bundles predict {p.target!r} ({d.name} and another); keep one"
             )
-        predictors[p.target] = p
-    if not predictors:
+        estimators[p.target] = p
+    if not estimators:
         raise UsamError(
-            f"{directory.resolve()} holds no predictor bundle (<target>/config.json + "
+            f"{directory.resolve()} holds no estimator bundle (<target>/config.json + "
             "model.safetensors, written by python -m usam.train)"
         )
     if targets is not None:
-        missing = [t for t in targets if t not in predictors]
+        missing = [t for t in targets if t not in estimators]
         if missing:
-            raise UsamError(f"{directory}: no bundle for {missing}; it has {sorted(predictors)}")
-        return {t: predictors[t] for t in targets}
+            raise UsamError(f"{directory}: no bundle for {missing}; it has {sorted(estimators)}")
+        return {t: estimators[t] for t in targets}
     order = list(TARGETS)  # the paper's order, then any other target by name
     return dict(
         sorted(
-            predictors.items(),
+            estimators.items(),
             key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]),
         )
     )
@@ -159,14 +159,14 @@ def check_trained_on(
     other = [v for v in versions if v not in b_versions]
     if b_versions and other:
         raise UsamError(
-            f"predictor {target!r} was trained on {'+'.join(b_versions)} tokens but "
+            f"estimator {target!r} was trained on {'+'.join(b_versions)} tokens but "
             f"{against} is {'+'.join(other)}: use {'+'.join(b_versions)} tokens or bundles "
             "trained on this version"
         )
     other = [m for m in sizes if m not in b_sizes]
     if b_sizes and other:
         raise UsamError(
-            f"predictor {target!r} was trained on tokens of SAM {'+'.join(b_sizes)} but "
+            f"estimator {target!r} was trained on tokens of SAM {'+'.join(b_sizes)} but "
             f"{against} is SAM {'+'.join(other)}: use that size or bundles trained on "
             f"{'+'.join(other)} tokens"
         )
@@ -177,80 +177,80 @@ def load_estimators(
     *,
     targets: list[str] | None = None,
     device: str | torch.device = "cpu",
-) -> dict[str, Predictor]:
-    """Estimators from one folder or several: usam bundles (`load_predictors`) or a published
+) -> dict[str, Estimator]:
+    """Estimators from one folder or several: usam bundles (`load_bundles`) or a published
     models/mlps/sam2.X folder of <name>/model.pth (read in memory, published pairing; import
     it once with python -m usam.import_published to keep it as bundles). One per target."""
     from usam.import_published import load_published
 
     dirs = [directories] if isinstance(directories, (str, Path)) else list(directories)
-    predictors: dict[str, Predictor] = {}
+    estimators: dict[str, Estimator] = {}
     for d in map(Path, dirs):
         if d.is_dir() and any(d.glob("*/model.pth")) and not any(d.glob("*/config.json")):
             found = {p.target: p.to(device) for p in load_published(d).values()}
         else:
-            found = load_predictors(d, device=device)
-        twice = sorted(set(found) & set(predictors))
+            found = load_bundles(d, device=device)
+        twice = sorted(set(found) & set(estimators))
         if twice:
             raise UsamError(f"{d}: {twice} already come from another estimator folder; keep one")
-        predictors.update(found)
+        estimators.update(found)
     if targets is not None:
-        missing = [t for t in targets if t not in predictors]
+        missing = [t for t in targets if t not in estimators]
         if missing:
             raise UsamError(f"{', '.join(map(str, dirs))}: no estimator for {missing}")
-        return {t: predictors[t] for t in targets}
-    return predictors
+        return {t: estimators[t] for t in targets}
+    return estimators
 
 
-def pairing_heads(predictors: Mapping[str, Predictor]) -> dict[str, StackedPredictors]:
+def pairing_heads(estimators: Mapping[str, Estimator]) -> dict[str, StackedEstimators]:
     """One stacked evaluation per token pairing (their inputs differ): pairing -> heads."""
-    for t, p in predictors.items():
+    for t, p in estimators.items():
         if p.pairing not in PAIRINGS:
             raise UsamError(
-                f"predictor {t!r}: token_pairing {p.pairing!r} is unknown; use one of "
+                f"estimator {t!r}: token_pairing {p.pairing!r} is unknown; use one of "
                 f"{', '.join(PAIRINGS)}"
             )
     groups = {
-        pairing: {t: p for t, p in predictors.items() if p.pairing == pairing}
+        pairing: {t: p for t, p in estimators.items() if p.pairing == pairing}
         for pairing in PAIRINGS
     }
-    return {pairing: StackedPredictors(g) for pairing, g in groups.items() if g}
+    return {pairing: StackedEstimators(g) for pairing, g in groups.items() if g}
 
 
-def check_compatible(sam: SamModel, predictors: Mapping[str, Predictor]) -> None:
+def check_compatible(sam: SamModel, estimators: Mapping[str, Estimator]) -> None:
     """Refuse bundles trained on tokens of another SAM version or size; warn on random ones."""
-    for target, p in predictors.items():
+    for target, p in estimators.items():
         check_trained_on(
             target, p.config, versions=[sam.version], sizes=[sam.size], against="the checkpoint"
         )
         dim = int(sam.model.sam_mask_decoder.transformer_dim)
         if p.model.in_features != 2 * dim:
             raise UsamError(
-                f"predictor {target!r} takes {p.model.in_features} inputs but SAM's tokens "
+                f"estimator {target!r} takes {p.model.in_features} inputs but SAM's tokens "
                 f"give 2 x {dim}"
             )
-    random = sorted(t for t, p in predictors.items() if p.config.get("random_weights"))
+    random = sorted(t for t, p in estimators.items() if p.config.get("random_weights"))
     if random:
         log.warning(
-            "predictors %s were trained on RANDOM-weight SAM tokens: their estimates mean "
+            "estimators %s were trained on RANDOM-weight SAM tokens: their estimates mean "
             "nothing (tests and smoke runs only)",
             random,
         )
-    if sam.random_weights and predictors:
+    if sam.random_weights and estimators:
         log.warning("SAM 2 has RANDOM weights: masks, scores and estimates mean nothing")
 
 
-class StackedPredictors:
+class StackedEstimators:
     """Several USAM MLPs of one architecture evaluated as one: a batched matmul per layer.
 
-    Same numbers as applying each `Predictor` (up to float rounding) in 3 kernel calls
+    Same numbers as applying each `Estimator` (up to float rounding) in 3 kernel calls
     instead of 3 per MLP: on a CPU the per-call overhead is most of an MLP's cost. MLPs of
-    mixed architectures fall back to a loop. Build it after the predictors are on their device.
+    mixed architectures fall back to a loop. Build it after the estimators are on their device.
     """
 
-    def __init__(self, predictors: Mapping[str, Predictor]):
-        self.targets = list(predictors)
-        self.loop = list(predictors.values())
+    def __init__(self, estimators: Mapping[str, Estimator]):
+        self.targets = list(estimators)
+        self.loop = list(estimators.values())
         linears = [
             [m for m in p.model.net if isinstance(m, torch.nn.Linear)]
             for p in self.loop
@@ -341,14 +341,14 @@ def _gather_tokens(all_tokens: torch.Tensor, index: torch.Tensor) -> torch.Tenso
 
 
 class UncertainSAM:
-    """A SamModel plus a set of USAM predictors: SAM 2's prompts in, masks + estimates out."""
+    """A SamModel plus a set of USAM estimators: SAM 2's prompts in, masks + estimates out."""
 
-    def __init__(self, sam: SamModel, predictors: Mapping[str, Predictor], *, check: bool = True):
+    def __init__(self, sam: SamModel, estimators: Mapping[str, Estimator], *, check: bool = True):
         self.sam = sam
-        self.predictors = {t: p.to(sam.device).eval() for t, p in predictors.items()}
+        self.estimators = {t: p.to(sam.device).eval() for t, p in estimators.items()}
         if check:
-            check_compatible(sam, self.predictors)
-        self.heads = pairing_heads(self.predictors)
+            check_compatible(sam, self.estimators)
+        self.heads = pairing_heads(self.estimators)
 
     @classmethod
     def from_pretrained(
@@ -412,7 +412,7 @@ class UncertainSAM:
                 )
         dev = resolve_device(device)
         # bundles first: a bad directory fails in milliseconds, not after building SAM
-        predictors = {} if estimators is None else load_estimators(estimators, targets=targets)
+        found = {} if estimators is None else load_estimators(estimators, targets=targets)
         sam = load_sam_model(
             size,
             None if random_weights else checkpoint,
@@ -425,7 +425,7 @@ class UncertainSAM:
             seed=seed,
             sha256=sha256,
         )
-        return cls(sam, predictors)
+        return cls(sam, found)
 
     @property
     def device(self) -> torch.device:
@@ -445,7 +445,7 @@ class UncertainSAM:
         *,
         return_tokens: bool = False,
     ) -> Prediction:
-        """SAM 2's masks and scores for the prompts, plus every predictor's estimate per mask.
+        """SAM 2's masks and scores for the prompts, plus every estimator's estimate per mask.
 
         Prompts as in SAM2ImagePredictor.predict: points (x, y) in image pixels with labels
         (1 foreground, 0 background, -1 ignored; default all 1), boxes XYXY in pixels,
@@ -454,12 +454,12 @@ class UncertainSAM:
         mask (token 0's, or the best multimask output where token 0's is unstable) with the
         estimates for that mask, from the token that made it.
         """
-        if not self.sam.predictor._is_image_set:
+        if not self.sam.sam_predictor._is_image_set:
             raise UsamError("UncertainSAM.predict called before set_image")
         points, labels, boxes, masks_in, batched = self._prompts(
             point_coords, point_labels, box, mask_input
         )
-        check_prompt_geometry(points, labels, boxes, *self.sam.predictor._orig_hw[0])
+        check_prompt_geometry(points, labels, boxes, *self.sam.sam_predictor._orig_hw[0])
         n = len(next(x for x in (points, boxes, masks_in) if x is not None))
         bs = self.sam.batch_size
         parts = [
@@ -473,7 +473,7 @@ class UncertainSAM:
             for lo in range(0, n, bs)
         ]
         out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "estimates"}
-        est = {t: torch.cat([p["estimates"][t] for p in parts]) for t in self.predictors}
+        est = {t: torch.cat([p["estimates"][t] for p in parts]) for t in self.estimators}
 
         def np_(t: torch.Tensor) -> np.ndarray:
             a = t.cpu().numpy()
@@ -591,7 +591,7 @@ class UncertainSAM:
                 x = torch.cat([iou_token[:, None].expand_as(tokens), tokens], -1)
                 values = heads(x.reshape(b * m, -1)).float().view(-1, b, m)
                 estimates.update(zip(heads.targets, values, strict=True))
-        return {t: estimates[t] for t in self.predictors}
+        return {t: estimates[t] for t in self.estimators}
 
     def __repr__(self) -> str:
-        return f"UncertainSAM({self.sam!r}, predictors={sorted(self.predictors)})"
+        return f"UncertainSAM({self.sam!r}, estimators={sorted(self.estimators)})"

@@ -1,6 +1,6 @@
-"""usam.predictor on the CPU: seeded random tiny SAM at image_size=128, bundles of seeded MLPs.
+"""usam.inference on the CPU: seeded random tiny SAM at image_size=128, bundles of seeded MLPs.
 
-The reference for every estimate is the bundle itself (`usam.mlp.Predictor.load`) applied to
+The reference for every estimate is the bundle itself (`usam.mlp.Estimator.load`) applied to
 the tokens `usam.sam.SamModel.decode` captures for the same prompts; masks and scores are
 checked against upstream `SAM2ImagePredictor.predict` on the same weights.
 """
@@ -18,14 +18,14 @@ from published import DecoderTokens, fill_hub_cache, offline_hub
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from usam.errors import UsamError
-from usam.mlp import Predictor, UsamMLP, paired_token, save_bundle
-from usam.predictor import (
-    StackedPredictors,
+from usam.inference import (
+    StackedEstimators,
     UncertainSAM,
-    load_predictors,
+    load_bundles,
     packaged_config,
     parse_checkpoint_name,
 )
+from usam.mlp import Estimator, UsamMLP, paired_token, save_bundle
 from usam.sam import SamModel, load_sam_model
 from usam.schema import TARGETS
 
@@ -80,7 +80,7 @@ def bundles(tmp_path_factory):
 @pytest.fixture(scope="module")
 def usam(bundles):
     sam = load_sam_model("tiny", None, TINY, random_weights=True, image_size=128, device="cpu")
-    u = UncertainSAM(sam, load_predictors(bundles))
+    u = UncertainSAM(sam, load_bundles(bundles))
     u.set_image(make_image())
     return u
 
@@ -89,7 +89,7 @@ def usam(bundles):
 def upstream(usam):
     """sam2's own predictor on the same weights and image (no usam code in its path)."""
     p = SAM2ImagePredictor(usam.sam.model)
-    p._bb_feat_sizes = usam.sam.predictor._bb_feat_sizes
+    p._bb_feat_sizes = usam.sam.sam_predictor._bb_feat_sizes
     with torch.inference_mode():
         p.set_image(make_image())
     return p
@@ -128,7 +128,7 @@ def test_estimates_equal_bundles_on_tokens_of_the_same_pass(usam, bundles):
     x = rows(ref.iou_token.numpy(), ref.mask_tokens.numpy())
     assert list(out.estimates) == ["iou_tiny", "model_gap", "task_gap"]  # the paper's order
     for target in out.estimates:
-        want = Predictor.load(bundles / target)(x).view(len(POINTS), 3).numpy()
+        want = Estimator.load(bundles / target)(x).view(len(POINTS), 3).numpy()
         assert out.estimates[target].shape == (3, 3) and out.estimates[target].dtype == np.float32
         np.testing.assert_allclose(out.estimates[target], want, rtol=0, atol=1e-6)
     # and per mask, not one value broadcast: the three masks' tokens differ
@@ -140,7 +140,7 @@ def test_estimates_use_the_tokens_returned_with_them(usam, bundles):
     out = usam.predict(POINTS[1], LABELS[1], return_tokens=True)
     x = rows(out.iou_token[None], out.mask_tokens[None])
     for target, values in out.estimates.items():
-        want = Predictor.load(bundles / target)(x).numpy()
+        want = Estimator.load(bundles / target)(x).numpy()
         np.testing.assert_allclose(values, want, rtol=0, atol=1e-6)
 
 
@@ -149,7 +149,7 @@ def test_gap_outputs_are_shifted_back_by_half(tmp_path):
     constant_bundle(tmp_path, "iou_large", 0.75)
     constant_bundle(tmp_path, "prompt_gap", 0.75)
     constant_bundle(tmp_path, "task_gap", 0.5)
-    heads = StackedPredictors(load_predictors(tmp_path))
+    heads = StackedEstimators(load_bundles(tmp_path))
     got = heads(torch.randn(6, 512))
     assert heads.stacked and heads.targets == ["iou_large", "task_gap", "prompt_gap"]
     np.testing.assert_allclose(got.numpy(), [[0.75] * 6, [0.0] * 6, [0.25] * 6], atol=1e-7)
@@ -161,8 +161,8 @@ def test_stacked_heads_equal_each_bundle_and_mixed_architectures_loop(tmp_path):
     write_bundles(tmp_path / "mixed", targets=["task_gap"], hidden=(64,))
     x = torch.randn(12, 512)
     for name, stacked in [("same", True), ("mixed", False)]:
-        preds = load_predictors(tmp_path / name)
-        heads = StackedPredictors(preds)
+        preds = load_bundles(tmp_path / name)
+        heads = StackedEstimators(preds)
         assert heads.stacked is stacked
         want = torch.stack([p(x) for p in preds.values()])
         torch.testing.assert_close(heads(x), want, rtol=0, atol=1e-6)
@@ -232,7 +232,7 @@ def test_box_prompts_match_sam2_and_estimates_match_bundles(usam, upstream, bund
     np.testing.assert_allclose(out.scores, scores, atol=1e-6)
     x = rows(out.iou_token, out.mask_tokens)
     for t, v in out.estimates.items():
-        np.testing.assert_allclose(v.reshape(-1), Predictor.load(bundles / t)(x), atol=1e-6)
+        np.testing.assert_allclose(v.reshape(-1), Estimator.load(bundles / t)(x), atol=1e-6)
     # a box is not a point prompt: the answer differs from the points'
     assert not np.allclose(out.scores, usam.predict(POINTS, LABELS).scores)
 
@@ -338,7 +338,7 @@ def test_from_pretrained_random_weights_and_target_subset(bundles, caplog):
             device="cpu",
             targets=["task_gap"],
         )
-    assert list(u.predictors) == ["task_gap"]
+    assert list(u.estimators) == ["task_gap"]
     assert "RANDOM-weight SAM tokens" in caplog.text and "SAM 2 has RANDOM weights" in caplog.text
 
 
@@ -355,10 +355,10 @@ def test_from_pretrained_bad_inputs(tmp_path, bundles):
     with pytest.raises(UsamError, match="nowhere.*not found"):
         UncertainSAM.from_pretrained(None, tmp_path / "nowhere", size="tiny", random_weights=True)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsamError, match="holds no predictor bundle"):
+    with pytest.raises(UsamError, match="holds no estimator bundle"):
         UncertainSAM.from_pretrained(None, tmp_path / "empty", size="tiny", random_weights=True)
     with pytest.raises(UsamError, match=r"no bundle for \['iou_large'\]"):
-        load_predictors(bundles, targets=["iou_large"])
+        load_bundles(bundles, targets=["iou_large"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
@@ -368,7 +368,7 @@ def test_cuda_without_cuda_is_a_usam_error(bundles):
 
 
 def test_a_single_bundle_directory_loads(bundles):
-    preds = load_predictors(bundles / "task_gap")
+    preds = load_bundles(bundles / "task_gap")
     assert list(preds) == ["task_gap"] and preds["task_gap"].shift == 0.5
 
 
@@ -383,7 +383,7 @@ def test_a_single_bundle_directory_loads(bundles):
 def test_bundles_of_another_sam_are_refused(tmp_path, usam, extra, message):
     write_bundles(tmp_path, targets=["iou_tiny"], **extra)
     with pytest.raises(UsamError, match=message):
-        UncertainSAM(usam.sam, load_predictors(tmp_path))
+        UncertainSAM(usam.sam, load_bundles(tmp_path))
 
 
 def test_bundles_that_fit_are_accepted(tmp_path, usam):
@@ -391,8 +391,8 @@ def test_bundles_that_fit_are_accepted(tmp_path, usam):
     write_bundles(tmp_path / "b", targets=["iou_tiny"], filter_model="tiny", models=["tiny"])
     write_bundles(tmp_path / "c", targets=["iou_tiny"], sam_version=None, models=None)
     for d in "abc":
-        u = UncertainSAM(usam.sam, load_predictors(tmp_path / d))
-        assert list(u.predictors) == ["iou_tiny"]
+        u = UncertainSAM(usam.sam, load_bundles(tmp_path / d))
+        assert list(u.estimators) == ["iou_tiny"]
 
 
 def test_duplicate_targets_are_refused(tmp_path):
@@ -400,7 +400,7 @@ def test_duplicate_targets_are_refused(tmp_path):
     save_bundle(tmp_path / "one", UsamMLP(hidden=[8]), bundle_config("task_gap"))
     save_bundle(tmp_path / "two", UsamMLP(hidden=[8]), bundle_config("task_gap"))
     with pytest.raises(UsamError, match="two bundles predict 'task_gap'"):
-        load_predictors(tmp_path)
+        load_bundles(tmp_path)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -412,7 +412,7 @@ def test_cuda_estimates_equal_bundles_on_the_same_pass(bundles):
     out = u.predict(POINTS, LABELS, return_tokens=True)
     x = rows(out.iou_token, out.mask_tokens)
     for t, v in out.estimates.items():
-        want = Predictor.load(bundles / t)(x).view(len(POINTS), 3).numpy()
+        want = Estimator.load(bundles / t)(x).view(len(POINTS), 3).numpy()
         np.testing.assert_allclose(v, want, atol=1e-5)
 
 
@@ -426,12 +426,12 @@ def test_bundles_without_a_pairing_are_usam_and_an_unknown_pairing_is_refused(tm
     assert cfg["token_pairing"] == "usam"  # written by save_bundle
     del cfg["token_pairing"]  # a bundle from before the field existed
     cfg_path.write_text(json.dumps(cfg))
-    assert load_predictors(tmp_path / "old")["iou_tiny"].pairing == "usam"
+    assert load_bundles(tmp_path / "old")["iou_tiny"].pairing == "usam"
     write_bundles(tmp_path / "odd", targets=["iou_tiny"], token_pairing="shifted")
     with pytest.raises(
         UsamError, match=r"iou_tiny/config.json: token_pairing 'shifted' is unknown"
     ):
-        load_predictors(tmp_path / "odd")
+        load_bundles(tmp_path / "odd")
 
 
 def test_paired_token_by_hand():
@@ -446,7 +446,7 @@ def test_multimask_estimates_follow_each_bundles_pairing(tmp_path, usam):
     """One UncertainSAM, two pairings: the published bundle reads token j, usam's token j+1."""
     write_bundles(tmp_path / "u", targets=["iou_tiny"])
     write_bundles(tmp_path / "p", targets=["task_gap"], token_pairing="published")
-    preds = {**load_predictors(tmp_path / "u"), **load_predictors(tmp_path / "p")}
+    preds = {**load_bundles(tmp_path / "u"), **load_bundles(tmp_path / "p")}
     u = UncertainSAM(usam.sam, preds)
     with DecoderTokens(usam.sam.model) as tokens:
         out = u.predict(POINTS, LABELS)
@@ -512,7 +512,7 @@ def test_single_mask_output_is_sam2s_mask_estimated_from_its_own_token(
 ):
     write_bundles(tmp_path / "u", targets=["iou_tiny"])
     write_bundles(tmp_path / "p", targets=["task_gap"], token_pairing="published")
-    preds = {**load_predictors(tmp_path / "u"), **load_predictors(tmp_path / "p")}
+    preds = {**load_bundles(tmp_path / "u"), **load_bundles(tmp_path / "p")}
     u = UncertainSAM(usam.sam, preds)
     with DecoderTokens(usam.sam.model) as tokens:
         out = u.predict(SINGLE_POINTS, multimask_output=False, return_tokens=True)
@@ -564,7 +564,7 @@ def test_single_mask_without_dynamic_choice_is_token_0(tmp_path, usam, upstream)
         decoder.dynamic_multimask_via_stability = True
     np.testing.assert_array_equal(out.masks, masks.astype(bool))
     assert out.mask_token_index.tolist() == [[0]] * 3
-    want = usam.predictors["iou_tiny"](tokens.rows([0])[:, 0])
+    want = usam.estimators["iou_tiny"](tokens.rows([0])[:, 0])
     np.testing.assert_allclose(out.estimates["iou_tiny"][:, 0], want.numpy(), atol=1e-6)
 
 
@@ -659,18 +659,18 @@ def test_estimators_from_a_published_folder_and_usam_bundles_together(tmp_path, 
         image_size=128,
         device="cpu",
     )
-    assert sorted(u.predictors) == [
+    assert sorted(u.estimators) == [
         "iou_tiny",
         "model_gap",
         "prompt_gap",
         "task_gap",
         "unsupervised_iou",
     ]
-    assert u.predictors["prompt_gap"].pairing == "published"
-    assert u.predictors["iou_tiny"].pairing == "usam"
+    assert u.estimators["prompt_gap"].pairing == "published"
+    assert u.estimators["iou_tiny"].pairing == "usam"
     x = torch.randn(5, 512)
     want = published_forward(published_state(4), x) - 0.5
-    torch.testing.assert_close(u.predictors["prompt_gap"](x), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(u.estimators["prompt_gap"](x), want, rtol=0, atol=1e-6)
     with pytest.raises(UsamError, match=r"\['iou_tiny', 'model_gap', 'task_gap'\] already come"):
         UncertainSAM.from_pretrained(
             None, estimators=[bundles, bundles], size="tiny", random_weights=True
