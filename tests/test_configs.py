@@ -9,6 +9,8 @@ from conftest import CONF
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from usam import options
+from usam.errors import UsamError
 from usam.schema import TARGETS
 
 ROOTS = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -51,6 +53,25 @@ def test_each_predictor_option_is_the_shared_base_plus_its_own_target(option, co
     cfg = compose_cfg("train", [f"predictor={option}"])
     assert cfg.predictor.target == option
     assert list(cfg.predictor.hidden) == [512, 512] and cfg.predictor.weight_decay == 0.001
+
+
+# the stages that read bundle folders: `estimators=`, and `predictors=` as its old name
+BUNDLE_READERS = ["evaluate", "evaluate_video", "predict", "track"]
+
+
+def test_the_bundle_readers_are_every_root_with_the_old_predictors_key():
+    assert BUNDLE_READERS == [
+        r for r in ROOTS if "\npredictors:" in (CONF / f"{r}.yaml").read_text()
+    ]
+
+
+@pytest.mark.parametrize("root", BUNDLE_READERS)
+def test_predictors_is_still_the_old_name_of_estimators(root, compose_cfg):
+    assert options.estimators(compose_cfg(root, ["predictors=/m"])) == "/m"
+    assert options.estimators(compose_cfg(root, ["estimators=/m"])) == "/m"
+    assert options.estimators(compose_cfg(root, ["estimators=/m", "predictors=/m"])) == "/m"
+    with pytest.raises(UsamError, match="give estimators= only"):
+        options.estimators(compose_cfg(root, ["estimators=/m", "predictors=/n"]))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
