@@ -12,6 +12,7 @@ import pytest
 from published import fill_hub_cache, offline_hub
 from test_download import no_proxy, server  # noqa: F401  (fixtures: loopback HTTP server)
 
+from usam import registry
 from usam.download import sidecar_path, verify_checkpoint
 from usam.download_checkpoints import run
 from usam.errors import UsamError
@@ -86,9 +87,8 @@ def test_every_version_resolves_to_its_own_files(tmp_path, compose_cfg):
             "download_checkpoints", [f"sam_model={version}", f"paths.checkpoints={tmp_path}"]
         )
         assert cfg.sam_model.checkpoint_dir == f"{tmp_path}/{version}"
-        assert cfg.sam_model.checkpoints.large == name and cfg.sam_model.urls.large.endswith(
-            "/" + name
-        )
+        row = registry.resolve(cfg.sam_model.version, "large", cfg.sam_model)
+        assert row.file == name and row.url.endswith("/" + name)
 
 
 def test_entrypoint_exits_1_with_one_line(tmp_path):

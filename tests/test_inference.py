@@ -22,8 +22,6 @@ from usam.inference import (
     StackedEstimators,
     UncertainSAM,
     load_bundles,
-    packaged_config,
-    parse_checkpoint_name,
 )
 from usam.mlp import Estimator, UsamMLP, paired_token, save_bundle
 from usam.sam import SamModel, load_sam_model
@@ -300,16 +298,6 @@ def test_predict_before_set_image(usam):
 # --------------------------------------------------------------------------- loading
 
 
-def test_parse_checkpoint_name_and_packaged_config():
-    assert parse_checkpoint_name("x/sam2.1_hiera_base_plus.pt") == ("sam2.1", "base_plus")
-    assert parse_checkpoint_name("sam2_hiera_large.pt") == ("sam2.0", "large")
-    assert parse_checkpoint_name("model.pt") == (None, None)
-    assert packaged_config("sam2.1", "tiny") == TINY
-    assert packaged_config("sam2.0", "base_plus") == "configs/sam2/sam2_hiera_b+.yaml"
-    with pytest.raises(UsamError, match="huge"):
-        packaged_config("sam2.1", "huge")
-
-
 def test_from_pretrained_loads_a_checkpoint_and_infers_size_and_version(tmp_path, usam, bundles):
     """A checkpoint of the fixture's random weights, named like Meta's: same answers."""
     ckpt = tmp_path / "sam2.1_hiera_tiny.pt"
@@ -569,24 +557,6 @@ def test_single_mask_without_dynamic_choice_is_token_0(tmp_path, usam, upstream)
 
 
 # --------------------------------------------------------------------------- the hub
-
-
-def test_hub_ids_map_to_the_configs_and_files_of_sam2s_own_table():
-    from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
-
-    from usam.hub import checkpoint_file, model_id, parse_model_id
-
-    assert len(HF_MODEL_ID_TO_FILENAMES) == 8
-    for repo_id, (config, filename) in HF_MODEL_ID_TO_FILENAMES.items():
-        version, size = parse_model_id(repo_id)
-        assert (packaged_config(version, size), checkpoint_file(version, size)) == (
-            config,
-            filename,
-        )
-        assert model_id(version, size) == repo_id
-    assert parse_model_id("facebook/sam2.1-hiera-base-plus") == ("sam2.1", "base_plus")
-    assert parse_model_id("facebook/sam2-hiera-small") == ("sam2.0", "small")
-    assert parse_model_id("facebook/sam-vit-huge") is None
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from usam import CONF_DIR, hub
+from usam import CONF_DIR, registry
 from usam.cli import run_stage, save_run
 from usam.datasets.base import read_rgb
 from usam.errors import UsamError
@@ -113,10 +113,11 @@ class Models:
     def sam(self, size: str):
         if size not in self.sams:
             sm, cfg = self.cfg.sam_model, self.cfg
+            row = registry.resolve(sm.version, size, sm)
             common = dict(
                 size=size,
                 version=sm.version,
-                config=sm.configs[size],
+                config=row.config,
                 device=sm.device,
                 image_size=sm.image_size,
                 batch_size=sm.batch_size,
@@ -124,9 +125,9 @@ class Models:
             if sm.random_weights:
                 u = UncertainSAM.from_pretrained(None, random_weights=True, seed=sm.seed, **common)
             elif cfg.hub:
-                u = UncertainSAM.from_pretrained(hub.model_id(sm.version, size), **common)
+                u = UncertainSAM.from_pretrained(row.hub_id, **common)
             else:
-                checkpoint = Path(sm.checkpoint_dir) / sm.checkpoints[size]
+                checkpoint = Path(sm.checkpoint_dir) / row.file
                 u = UncertainSAM.from_pretrained(
                     checkpoint, sha256=(sm.sha256 or {}).get(size), **common
                 )

@@ -1,6 +1,7 @@
 """python -m usam.download_checkpoints sam_model=sam2.1 [sam_model.sizes=[tiny,large]] [source=hf]
 
-Downloads the checkpoint of each size in `sam_model.sizes` into `sam_model.checkpoint_dir`,
+Downloads the checkpoint of each size in `sam_model.sizes` into `sam_model.checkpoint_dir`
+(file names and URLs from usam.registry, or `sam_model.checkpoints` / `sam_model.urls`),
 verifying `sam_model.sha256[size]` when pinned and recording the digest beside the file
 (`<name>.sha256`) for the loader to check. Complete files are skipped; a rerun resumes.
 `source=hf` fetches the same files from the Hugging Face hub (facebook/sam2.1-hiera-<size>,
@@ -18,7 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from usam import CONF_DIR, hub
+from usam import CONF_DIR, hub, registry
 from usam.cli import run_stage, save_run
 from usam.download import (
     download,
@@ -41,7 +42,7 @@ def from_hub(
     """Fetch through the hub's cache, check the hub's and the pinned SHA-256, copy to `dest`
     with its sidecar (sidecar first, as `download` does: no unverified-looking `dest`)."""
     src, _, _, hub_sha = hub.download(
-        hub.model_id(version, size), local_files_only=local_files_only
+        registry.lookup(version, size).hub_id, local_files_only=local_files_only
     )
     digest = file_sha256(src)
     for want, what in ((hub_sha, "the hub recorded"), (pinned, "pinned")):
@@ -69,22 +70,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     if cfg.source not in ("meta", "hf"):
         raise UsamError(
-            f"source={cfg.source}: use meta (sam_model.urls) or hf (the Hugging Face hub)"
+            f"source={cfg.source}: use meta (Meta's server, usam.registry or sam_model.urls) "
+            "or hf (the Hugging Face hub)"
         )
     out = Path(sm.checkpoint_dir)
     pins = sm.get("sha256") or {}
+    known = registry.sizes(sm.version)
+    unknown = [s for s in sm.sizes if s not in known]
+    if unknown:
+        raise UsamError(
+            f"sam_model.sizes has {unknown}, unknown to SAM {sm.version}; choose from {known}"
+        )
     files, failed = [], []
     for size in sm.sizes:
-        if size not in sm.urls or size not in sm.checkpoints:
-            raise UsamError(
-                f"sam_model.sizes has {size!r}, which has no url/checkpoint in sam_model "
-                f"{sm.version}; choose from {list(sm.urls)}"
-            )
-        dest = safe_join(out, sm.checkpoints[size])
+        row = registry.resolve(sm.version, size, sm)
+        dest = safe_join(out, row.file)
         pinned = pins.get(size)
-        url = sm.urls[size]
-        if cfg.source == "hf":
-            url = f"hf://{hub.model_id(sm.version, size)}/{sm.checkpoints[size]}"
+        url = row.url
+        if cfg.source == "hf":  # the hub holds Meta's file name, whatever the local one
+            url = f"hf://{row.hub_id}/{registry.lookup(sm.version, size).file}"
         entry = {"size": size, "path": str(dest), "url": url, "pinned": bool(pinned)}
         try:
             if is_complete(dest, pinned):
@@ -94,9 +98,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 from_hub(sm.version, size, dest, pinned, local_files_only=cfg.local_files_only)
                 entry["status"] = "downloaded"
             else:
-                download(
-                    sm.urls[size], dest, sha256=pinned, retries=cfg.retries, timeout=cfg.timeout
-                )
+                download(url, dest, sha256=pinned, retries=cfg.retries, timeout=cfg.timeout)
                 entry["status"] = "downloaded"
             recorded = read_sidecar(dest)
             if recorded is None:  # copied in by hand: record it now, as a download would

@@ -3,10 +3,10 @@
 `SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-large")` downloads
 `sam2.1_hiera_large.pt` from that model repository with `huggingface_hub.hf_hub_download`
 (its cache, resumed downloads, `HF_HUB_OFFLINE`, `HF_HUB_CACHE`) and builds it from the
-packaged config. usam maps the same ids to (version, size) from the id's own pattern, the
-same table as sam2's `build_sam.HF_MODEL_ID_TO_FILENAMES` (a test checks they agree), and
-takes the file's SHA-256 from the hub: large files are stored by Git LFS, whose object id is
-the SHA-256 of the content and names the blob in the cache, so the loader can verify it.
+packaged config. usam finds the same ids in usam.registry, whose rows agree with sam2's
+`build_sam.HF_MODEL_ID_TO_FILENAMES` (a test checks), and takes the file's SHA-256 from the
+hub: large files are stored by Git LFS, whose object id is the SHA-256 of the content and
+names the blob in the cache, so the loader can verify it.
 """
 
 from __future__ import annotations
@@ -15,29 +15,10 @@ import os
 import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from usam import CONF_DIR
+from usam import registry
 from usam.errors import UsamError
 
-_MODEL_ID = re.compile(r"facebook/(sam2|sam2\.1)-hiera-(tiny|small|base-plus|large)")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def parse_model_id(model_id: str) -> tuple[str, str] | None:
-    """(version, size) of a SAM 2 hub id (facebook/sam2.1-hiera-base-plus), None otherwise."""
-    m = _MODEL_ID.fullmatch(str(model_id))
-    if m is None:
-        return None
-    return ("sam2.1" if m.group(1) == "sam2.1" else "sam2.0"), m.group(2).replace("-", "_")
-
-
-def model_id(version: str, size: str) -> str:
-    """The hub id of a (version, size): ("sam2.0", "base_plus") -> facebook/sam2-hiera-base-plus."""
-    name = {"sam2.1": "sam2.1", "sam2.0": "sam2"}.get(version)
-    if name is None:
-        raise UsamError(f"SAM version {version!r} has no hub id; use sam2.1 or sam2.0")
-    return f"facebook/{name}-hiera-{size.replace('_', '-')}"
 
 
 def looks_like_model_id(name: str | Path) -> bool:
@@ -51,11 +32,6 @@ def looks_like_model_id(name: str | Path) -> bool:
     )
 
 
-def checkpoint_file(version: str, size: str) -> str:
-    """The checkpoint's file name in the hub repository (as conf/sam_model/<version>.yaml)."""
-    return str(OmegaConf.load(Path(CONF_DIR) / "sam_model" / f"{version}.yaml").checkpoints[size])
-
-
 def hub_sha256(path: str | Path) -> str | None:
     """The SHA-256 the hub recorded for a cached file: its LFS blob's name, when it has one."""
     blob = Path(os.path.realpath(path)).name
@@ -66,9 +42,9 @@ def download(
     repo_id: str, *, cache_dir: str | Path | None = None, local_files_only: bool = False
 ) -> tuple[Path, str, str, str | None]:
     """(cached checkpoint, version, size, hub sha256) of a SAM 2 hub id; downloads if needed."""
-    parsed = parse_model_id(repo_id)
+    parsed = registry.parse_hub_id(repo_id)
     if parsed is None:
-        known = [model_id(v, s) for v in ("sam2.1", "sam2.0") for s in ("tiny", "large")]
+        known = [r.hub_id for r in registry.CHECKPOINTS.values() if r.size in ("tiny", "large")]
         raise UsamError(
             f"{repo_id!r} is neither a checkpoint file here nor a SAM 2 model id on the hub "
             f"(facebook/sam2.1-hiera-<tiny|small|base-plus|large>, facebook/sam2-hiera-..., "
@@ -87,7 +63,7 @@ def download(
         raise UsamError(
             f"loading {repo_id} from the hub needs huggingface_hub: pip install huggingface_hub"
         ) from None
-    filename = checkpoint_file(version, size)
+    filename = registry.lookup(version, size).file
     try:
         path = hf_hub_download(
             repo_id=repo_id,

@@ -18,7 +18,6 @@ multimask_output=False the one returned mask is estimated from the token that ma
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,20 +25,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from usam import CONF_DIR, hub
+from usam import hub, registry
 from usam.errors import UsamError
 from usam.hub import looks_like_model_id
 from usam.mlp import PAIRINGS, Estimator, UsamMLP, paired_token
+from usam.registry import parse_checkpoint_name
 from usam.sam import SamModel, load_sam_model, resolve_device
 from usam.schema import SIZES, TARGETS
 
 log = logging.getLogger(__name__)
-
-VERSIONS = ("sam2.1", "sam2.0")
-# sam2.1_hiera_tiny.pt (SAM 2.1) and sam2_hiera_tiny.pt (SAM 2.0), as Meta names them
-_CHECKPOINT_NAME = re.compile(r"(sam2\.1|sam2)_hiera_(tiny|small|base_plus|large)")
 
 
 @dataclass
@@ -65,24 +60,6 @@ class Prediction:
         """Index of the mask with the highest SAM score (what SAM 2 users pick)."""
         best = self.scores.argmax(-1)
         return int(best) if best.ndim == 0 else best
-
-
-def parse_checkpoint_name(path: str | Path) -> tuple[str | None, str | None]:
-    """(version, size) from a Meta checkpoint file name, None where it does not say."""
-    m = _CHECKPOINT_NAME.search(Path(path).name)
-    if m is None:
-        return None, None
-    return ("sam2.1" if m.group(1) == "sam2.1" else "sam2.0"), m.group(2)
-
-
-def packaged_config(version: str, size: str) -> str:
-    """The sam2 model config for (version, size), as conf/sam_model/<version>.yaml lists it."""
-    if version not in VERSIONS:
-        raise UsamError(f"SAM version {version!r} is unknown; use one of {', '.join(VERSIONS)}")
-    configs = OmegaConf.load(Path(CONF_DIR) / "sam_model" / f"{version}.yaml").configs
-    if size not in configs:
-        raise UsamError(f"SAM size {size!r} is unknown; use one of {', '.join(configs)}")
-    return str(configs[size])
 
 
 def load_bundles(
@@ -416,7 +393,7 @@ class UncertainSAM:
         sam = load_sam_model(
             size,
             None if random_weights else checkpoint,
-            config or packaged_config(version, size),
+            config or registry.lookup(version, size).config,
             version=version,
             image_size=image_size,
             device=dev,

@@ -16,16 +16,12 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from usam import CONF_DIR, options
+from usam import CONF_DIR, options, registry
 from usam.cli import run_stage, save_run
 from usam.datasets.base import read_rgb
 from usam.errors import UsamError
-from usam.inference import (
-    Prediction,
-    UncertainSAM,
-    check_prompt_geometry,
-    parse_checkpoint_name,
-)
+from usam.inference import Prediction, UncertainSAM, check_prompt_geometry
+from usam.registry import parse_checkpoint_name
 from usam.schema import TARGETS
 from usam.storage import atomic_path
 
@@ -86,18 +82,17 @@ def build(cfg: DictConfig) -> UncertainSAM:
         named_version, named_size = parse_checkpoint_name(checkpoint)
         size, version = size or named_size, named_version or version
     size = size or "tiny"
-    config = sm.configs.get(size) if version == sm.version else None  # None: the packaged one
+    if size not in registry.sizes(version):
+        raise UsamError(f"size={size}: unknown; SAM {version} has {registry.sizes(version)}")
+    # sam_model's own choices apply to its version; a checkpoint of another gets the registry's
+    row = registry.resolve(version, size, sm if version == sm.version else None)
     if checkpoint is None and not sm.random_weights:
-        if size not in sm.checkpoints:
-            raise UsamError(
-                f"size={size}: unknown; sam_model={sm.version} has {list(sm.checkpoints)}"
-            )
-        checkpoint = Path(sm.checkpoint_dir) / sm.checkpoints[size]
+        checkpoint = Path(sm.checkpoint_dir) / row.file
     return UncertainSAM.from_pretrained(
         None if sm.random_weights else checkpoint,
         options.estimators(cfg),
         size=size,
-        config=config,
+        config=row.config,
         version=version,
         device=sm.device,
         image_size=sm.image_size,

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from usam import registry
 from usam.errors import UsamError
 
 log = logging.getLogger(__name__)
@@ -663,7 +664,11 @@ def load_sam_model(
 
 
 class SamModels:
-    """The SAM 2 sizes of one version (what conf/sam_model/*.yaml builds), in `sizes` order."""
+    """The SAM 2 sizes of one version (what conf/sam_model/*.yaml builds), in `sizes` order.
+
+    Files and model configs come from usam.registry; `checkpoints` / `configs` map a size to
+    a file name / config of one's own instead (null or absent: the registry's).
+    """
 
     def __init__(
         self,
@@ -671,10 +676,10 @@ class SamModels:
         version: str,
         sizes: Sequence[str],
         checkpoint_dir: str | Path,
-        checkpoints: Mapping[str, str],
-        configs: Mapping[str, str],
-        urls: Mapping[str, str],
-        sha256: Mapping[str, str | None],
+        checkpoints: Mapping[str, str | None] | None = None,
+        configs: Mapping[str, str | None] | None = None,
+        urls: Mapping[str, str | None] | None = None,
+        sha256: Mapping[str, str | None] | None = None,
         random_weights: bool = False,
         seed: int = 0,
         image_size: int | None = None,
@@ -687,7 +692,6 @@ class SamModels:
         self.random_weights = bool(random_weights)
         self.seed = int(seed)
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.urls = dict(urls or {})
         self.image_size = check_image_size(image_size)
         if not self.sizes:
             raise UsamError(
@@ -695,14 +699,16 @@ class SamModels:
             )
         if len(set(self.sizes)) != len(self.sizes):
             raise UsamError(f"sam_model.sizes={self.sizes} names a size twice")
-        unknown = [
-            s
-            for s in self.sizes
-            if s not in configs or (not random_weights and s not in checkpoints)
-        ]
+        known = registry.sizes(self.version)
+        unknown = [s for s in self.sizes if s not in known]
         if unknown:
-            raise UsamError(f"sam_model.sizes: unknown {unknown}; known sizes: {sorted(configs)}")
-        paths = {s: self.checkpoint_dir / checkpoints[s] for s in self.sizes if s in checkpoints}
+            raise UsamError(
+                f"sam_model.sizes: unknown {unknown}; SAM {self.version} has {', '.join(known)}"
+            )
+        # urls: the downloader's; the sam_model config hands them over with the rest
+        chosen = {"checkpoints": checkpoints, "configs": configs, "urls": urls}
+        rows = {s: registry.resolve(self.version, s, chosen) for s in self.sizes}
+        paths = {s: self.checkpoint_dir / rows[s].file for s in self.sizes}
         if not self.random_weights:
             # all at once, before building anything: one error listing every missing file
             missing = [p for s, p in paths.items() if not p.is_file()]
@@ -719,7 +725,7 @@ class SamModels:
         for s in self.sizes:
             t0 = time.perf_counter()
             model = build_sam2_model(
-                configs[s],
+                rows[s].config,
                 None if self.random_weights else paths[s],
                 device=self.device,
                 image_size=self.image_size,

@@ -25,8 +25,9 @@ from tqdm import tqdm
 from usam import CONF_DIR, options
 from usam.cli import run_stage, save_run
 from usam.errors import UsamError
-from usam.inference import load_bundles, parse_checkpoint_name
+from usam.inference import load_bundles
 from usam.predict import prompt_arrays, write_png
+from usam.registry import parse_checkpoint_name
 from usam.storage import atomic_path, write_json
 from usam.video import FrameResult, VideoFrames, VideoUSAM, from_sam_model_cfg
 

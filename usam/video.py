@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from usam import registry
 from usam.errors import UsamError
 from usam.measures import entropy, mixture, score_weights
 from usam.mlp import Estimator, paired_token
@@ -657,12 +658,15 @@ def from_sam_model_cfg(
 ) -> VideoUSAM:
     """A VideoUSAM for one size of a `conf/sam_model/*.yaml` group (checkpoint defaults from it)."""
     sm = sam_model
-    if size not in sm.configs:
-        raise UsamError(f"size={size!r}: unknown; sam_model={sm.version} has {list(sm.configs)}")
+    if size not in registry.sizes(sm.version):
+        raise UsamError(
+            f"size={size!r}: unknown; sam_model={sm.version} has {registry.sizes(sm.version)}"
+        )
+    row = registry.resolve(sm.version, size, sm)
     if checkpoint is None and not sm.random_weights:
-        checkpoint = Path(sm.checkpoint_dir) / sm.checkpoints[size]
+        checkpoint = Path(sm.checkpoint_dir) / row.file
     model = build_video_model(
-        sm.configs[size],
+        row.config,
         None if sm.random_weights else checkpoint,
         device=sm.device,
         image_size=sm.image_size,
