@@ -79,3 +79,13 @@ def test_every_experiment_composes_with_the_pipeline(experiment, compose_cfg):
     cfg = compose_cfg("pipeline", [f"+experiment={experiment}"])
     OmegaConf.to_container(cfg, resolve=True)
     instantiate(cfg.pipeline)
+
+
+def test_only_the_stages_that_read_a_shard_have_a_shard_block(compose_cfg):
+    sharded = {root for root in ROOTS if "shard" in compose_cfg(root)}
+    assert sharded == {"datasets", "extract", "extract_video", "evaluate_video"}
+    # elsewhere the dataset configs fall back to the whole split
+    train = compose_cfg("train", ["dataset=davis"])
+    assert (train.dataset.shard_index, train.dataset.shard_count) == (0, 1)
+    extract = compose_cfg("extract", ["dataset=davis", "shard.index=2", "shard.count=3"])
+    assert (extract.dataset.shard_index, extract.dataset.shard_count) == (2, 3)
