@@ -35,7 +35,7 @@ from usam.evaluation import (
     pearson_matrix,
     r_grid,
 )
-from usam.options import flag, integer, number
+from usam.options import flag, integer, number, unset
 from usam.protocol import container_identity, describe, group_table, read_seen, seen_rows
 from usam.report import format_table, write_report
 from usam.sam import resolve_device
@@ -86,7 +86,7 @@ class Evaluator:
         r_max = number(r_max, "evaluator.r_max", low=0, high=1, low_open=True)
         r_points = integer(r_points, "evaluator.r_points", low=2, high=100_001)
         self.r = r_grid(r_max, r_points)
-        self.model = None if model in (None, "", "None") else str(model)
+        self.model = None if unset(model) else str(model)
         self.use_cases = list(use_cases)
         self.augmented = flag(augmented, "evaluator.augmented")
         self.val_fraction = val_fraction
@@ -176,7 +176,7 @@ class Evaluator:
         bundle), found by the loader inference uses (usam.inference.load_bundles)."""
         from usam.inference import load_bundles
 
-        if directory in (None, "", "None"):
+        if unset(directory):
             self.note("estimators=null: USAM estimators are not evaluated, only the other measures")
             return {}
         found = load_bundles(Path(str(directory)), device=self.device)
@@ -208,7 +208,7 @@ class Evaluator:
         """
         from usam.inference import check_trained_on
 
-        versions = [v for v in container.meta.get("sam_versions") or [] if v not in ("", "None")]
+        versions = [v for v in container.meta.get("sam_versions") or [] if not unset(v)]
         model = self.pick_model(container)
         sizes = [model]
         for name in self.use_cases:

@@ -10,11 +10,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from usam.errors import UsamError
+
+NULLS = ("", "None", "null")  # what `unset` takes for null besides None
+
+
+def unset(value: Any) -> bool:
+    """The one rule for "no value": None, and the strings a command line gives for it.
+
+    Hydra reads `key=null` as None but `key=None` as the string "None" (and `key=''` as "");
+    a folder or model named "None" is far likelier a user's null than a real name.
+    """
+    return value is None or (isinstance(value, (str, Path)) and str(value) in NULLS)
 
 
 def _show(value: Any) -> str:
@@ -98,18 +110,17 @@ def estimators(cfg: Any) -> Any:
 
     The stage configs default `estimators` to `${oc.select:predictors,<default>}` and leave
     `predictors` unset (`???`), so `predictors=<dir>` alone sets `estimators`. Both given with
-    different values is refused rather than one silently winning.
+    different values is refused rather than one silently winning. Null by `unset`'s rule.
     """
     new = _plain(cfg.get("estimators"))
-    if "predictors" not in cfg or OmegaConf.is_missing(cfg, "predictors"):
-        return new
-    old = _plain(cfg["predictors"])
-    if old != new:
-        raise UsamError(
-            f"estimators={_show(new)} and predictors={_show(old)} disagree (predictors is the "
-            "old name of estimators); give estimators= only"
-        )
-    return new
+    if "predictors" in cfg and not OmegaConf.is_missing(cfg, "predictors"):
+        old = _plain(cfg["predictors"])
+        if old != new:
+            raise UsamError(
+                f"estimators={_show(new)} and predictors={_show(old)} disagree (predictors is the "
+                "old name of estimators); give estimators= only"
+            )
+    return None if unset(new) else new
 
 
 def _plain(value: Any) -> Any:

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from usam import CONF_DIR
 from usam.cli import run_stage, save_run
 from usam.errors import UsamError
+from usam.options import unset
 from usam.overrides import override
 from usam.schema import TARGETS, available_targets
 
@@ -123,7 +124,7 @@ def check_names(names: list, known, key: str) -> None:
 
 def training_split(setting: Any, splits: list[str], eval_split: str, dataset: str) -> str | None:
     """The split to train on, or None for the single-split (group split) protocol."""
-    if setting in (None, "", "None", "null"):
+    if unset(setting):
         return None
     if setting == "auto":
         return "train" if "train" in splits and eval_split != "train" else None

@@ -35,7 +35,7 @@ from usam.cli import run_stage, save_run
 from usam.container import Container
 from usam.errors import UsamError
 from usam.mlp import UsamMLP, save_bundle
-from usam.options import flag, integer, number
+from usam.options import flag, integer, number, unset
 from usam.protocol import container_identity, group_table, split_groups, write_seen
 from usam.sam import resolve_device
 from usam.schema import TARGETS
@@ -122,13 +122,9 @@ class Data:
     seen: dict[str, list[str]] = field(default_factory=dict)  # {dataset: groups} of those rows
 
 
-def _unset(value: Any) -> bool:
-    return value is None or str(value) in ("", "None")
-
-
 def container_paths(value: Any) -> list[str]:
     """`container=<dir>` or `container=[<dir>, ...]` -> a list of paths."""
-    if isinstance(value, (str, Path)) or _unset(value):
+    if isinstance(value, (str, Path)) or unset(value):
         return [value]
     paths = [str(v) for v in value]
     if not paths:
@@ -323,7 +319,7 @@ class Trainer:
             raise UsamError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
         paths = container_paths(container)
         trains = [Container.open(p, what="container") for p in paths]
-        val = None if _unset(val_container) else Container.open(val_container, what="val_container")
+        val = None if unset(val_container) else Container.open(val_container, what="val_container")
         for path, part in [*zip(paths, trains, strict=True), (val_container, val)]:
             if part is None:
                 continue
@@ -560,7 +556,7 @@ class Trainer:
             "models": meta.get("models"),
             "random_weights": bool(meta.get("random_weights", False)),
             "container": str(paths[0]) if len(paths) == 1 else [str(c) for c in paths],
-            "val_container": None if _unset(val_container) else str(val_container),
+            "val_container": None if unset(val_container) else str(val_container),
             "filter_model": p.get("filter_model"),
             "augmented": bool(p.get("augmented", False)),
             "hyperparameters": hp,

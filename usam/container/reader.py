@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from usam.errors import UsamError
+from usam.options import unset
 from usam.schema import FIELDS
 
 SCHEMA = 1
@@ -90,7 +91,7 @@ class Container:
         `what` is the option that named `path` (container, val_container), for the errors:
         every stage that reads a container gets the same ones from here.
         """
-        if path is None or str(path) in ("", "None"):  # `container=None` on a command line
+        if unset(path):  # `container=None` on a command line is the string "None"
             raise UsamError(
                 f"no {what} given; set {what}=<dir written by python -m usam.container>"
             )
