@@ -23,9 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-# the record format helper lives with the tests (it is what stage 1 writes, test-sized)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from records import MODELS, VARIANTS, make_record, write_record  # noqa: E402
+from usam.synthetic import MODELS, VARIANTS, make_record, write_record
 
 
 def peak_rss_mb() -> float:

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from records import VARIANTS, make_record  # noqa: E402
-from safetensors.numpy import load  # noqa: E402
+from safetensors.numpy import load
 
-from usam.extract import RecordWriter, _suffixed  # noqa: E402
-from usam.storage import read_json, read_verified  # noqa: E402
+from usam.extract import RecordWriter, _suffixed
+from usam.storage import read_json, read_verified
+from usam.synthetic import VARIANTS, make_record
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,9 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from usam.schema import SIZES
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from records import make_record, write_record  # noqa: E402
+from usam.synthetic import make_record, write_record
 
 MODELS = SIZES
 

@@ -1,4 +1,4 @@
-"""Stage 2: records -> container. Hand-made records (tests/records.py) with known answers."""
+"""Stage 2: records -> container. Hand-made records (usam/synthetic.py) with known answers."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from records import make_record, token_code, write_record
 
 from usam.container import Container, ContainerWriter, run
 from usam.errors import UsamError
+from usam.synthetic import make_record, token_code, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 BEAR = "JPEGImages/480p/bear/00000.jpg"
@@ -450,7 +450,7 @@ def test_seed_script(hand_made, tmp_path):
 
 
 def test_reads_what_stage_1_writes(tmp_path):
-    """tests/records.py and usam.extract.RecordWriter agree on where and how records go."""
+    """usam/synthetic.py and usam.extract.RecordWriter agree on where and how records go."""
     from usam.extract import RecordWriter
 
     writer = RecordWriter(root=tmp_path / "r", dataset="davis", split="val")

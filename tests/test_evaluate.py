@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from records import make_record, write_record
 
 from usam.container import Container, ContainerWriter
 from usam.errors import UsamError
@@ -21,6 +20,7 @@ from usam.evaluate import Evaluator, run
 from usam.mlp import UsamMLP, save_bundle
 from usam.protocol import write_seen
 from usam.schema import TARGETS
+from usam.synthetic import make_record, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS, INSTANCES = 20, 3  # 60 instances per model

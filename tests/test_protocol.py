@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from records import make_record, write_record
 from test_train import REPO, hand_container, linear_container, train_cfg
 
 from usam.container import Container, ContainerWriter
 from usam.errors import UsamError
 from usam.mlp import load_bundle
 from usam.protocol import group_table, read_seen, seen_rows, split_groups
+from usam.synthetic import make_record, write_record
 from usam.train import Trainer, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -148,7 +148,7 @@ def test_variant_rows_are_left_out_unless_asked_for(tmp_path):
     trainer = Trainer(device="cpu", progress=False)
 
     def variants(x: torch.Tensor) -> set[int]:
-        # tests/records.py: iou_token = 1000 * model + 100 * variant + instance
+        # usam/synthetic.py: iou_token = 1000 * model + 100 * variant + instance
         return {int(v) % 1000 // 100 for v in x[:, 0].tolist()}
 
     data = trainer.load(container=container, target="iou_large")

@@ -1,4 +1,4 @@
-"""Stage 3: training. Synthetic containers built through the real writer (tests/records.py
+"""Stage 3: training. Synthetic containers built through the real writer (usam/synthetic.py
 -> usam.container.ContainerWriter) with targets whose answer is known by construction."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from records import make_record, write_record
 
 from usam.container import Container, ContainerWriter
 from usam.errors import UsamError
 from usam.mlp import Estimator, UsamMLP, load_bundle, predict, save_bundle
+from usam.synthetic import make_record, write_record
 from usam.train import (
     PAPER_DEFAULTS,
     Trainer,

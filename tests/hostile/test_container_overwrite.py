@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from records import make_record, write_record
 
 from usam.container import Container, ContainerWriter, run
 from usam.errors import UsamError
+from usam.synthetic import make_record, write_record
 
 
 def write_images(root: Path, names: list[str], *, variants=("original",), models=("tiny", "large")):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from records import make_record, write_record
 
 from usam.cli import user_error
 from usam.container import ContainerWriter
@@ -16,6 +15,7 @@ from usam.errors import UsamError
 from usam.evaluate import Evaluator, run
 from usam.mlp import UsamMLP, save_bundle
 from usam.schema import TARGETS
+from usam.synthetic import make_record, write_record
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
-from records import make_record, write_record
 
 from usam.overrides import override, quote, quoted_list
 from usam.pipeline import Pipeline
+from usam.synthetic import make_record, write_record
 
 REPO = Path(__file__).resolve().parents[2]
 # each one broke the unquoted override: a sweep, a list, a dict, a quote, an interpolation, ...

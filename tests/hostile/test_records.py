@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from records import make_record
 from test_extract import FakeModel, FakeModels
 from video_trees import make_davis
 
@@ -30,6 +29,7 @@ from usam.errors import UsamError
 from usam.extract import Extractor, RecordWriter
 from usam.mlp import UsamMLP, load_bundle, save_bundle
 from usam.storage import _HOST, STALE_AFTER, write_tensors
+from usam.synthetic import make_record
 
 NAMES = ["JPEGImages/480p/v/00000.jpg", "JPEGImages/480p/v/00001.jpg"]
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from records import make_record, write_record
 
 from usam.cli import user_error
 from usam.container import Container, ContainerWriter
 from usam.errors import UsamError
 from usam.mlp import UsamMLP
+from usam.synthetic import make_record, write_record
 from usam.train import Diverged, Objective, Trainer, check_finite_model, run
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,5 @@
-"""Hand-made stage-1 records (the format `usam.extract` writes), for tests and benchmarks.
+"""Synthetic stage-1 records (the format `usam.extract` writes), for tests and benchmarks: a
+container, a training run or an evaluation on data whose every value is known, without SAM 2.
 
 `make_record` fills every field with a value you can predict from its position, unless
 you pass your own; `write_record` writes it exactly as stage 1 does (tensors first, then
@@ -17,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from usam.schema import FIELDS
+from usam.schema import FIELDS, RECORD_SCHEMA, SIZES, TOKEN_DIM
 from usam.storage import write_json, write_tensors
 
-MODELS = ("tiny", "small", "base_plus", "large")
+MODELS = SIZES
 VARIANTS = ("original", "jpeg10", "jpeg30", "noise", "blur")
 
 
@@ -69,13 +70,13 @@ def make_record(
             block["scores"] = [[0.5, 0.25, 0.125]] * n
             out_fields[m][v] = block
             codes = np.array([token_code(mi, vi, i) for i in range(n)], dtype=np.float32)
-            tensors[f"{m}/{v}/iou_token"] = np.repeat(codes[:, None], 256, axis=1)
+            tensors[f"{m}/{v}/iou_token"] = np.repeat(codes[:, None], TOKEN_DIM, axis=1)
             mask = codes[:, None, None] + (np.arange(3, dtype=np.float32)[None, :, None] + 1) / 4
             tensors[f"{m}/{v}/mask_tokens"] = np.ascontiguousarray(
-                np.broadcast_to(mask, (n, 3, 256))
+                np.broadcast_to(mask, (n, 3, TOKEN_DIM))
             )
     record = {
-        "schema": 1,
+        "schema": RECORD_SCHEMA,
         "kind": "usam.record",
         "dataset": dataset,
         "split": split,
@@ -93,7 +94,7 @@ def make_record(
     return record, tensors
 
 
-def record_stem(root: str | Path, name: str) -> Path:
+def _stem(root: str | Path, name: str) -> Path:
     """Where stage 1 puts the record of image `name`: the name without its suffix."""
     return Path(root) / Path(name).with_suffix("")
 
@@ -107,7 +108,7 @@ def write_record(
     safetensors: bool = True,
 ) -> Path:
     """Write a record under `root` like stage 1 (json=False leaves an unfinished image)."""
-    stem = record_stem(root, record["name"])
+    stem = _stem(root, record["name"])
     if safetensors:
         write_tensors(stem.with_name(stem.name + ".safetensors"), tensors)
     if json:
