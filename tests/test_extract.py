@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from safetensors.numpy import load_file
 
 from usam.cli import user_error
 from usam.datasets.base import Sample
 from usam.extract import Extractor, RecordWriter, run
 from usam.sam import Decoded
-from usam.storage import read_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,7 +237,7 @@ def test_extract_sample_end_to_end(compose_cfg, tmp_path):
         vals = rec["fields"]["tiny"]["original"][field]
         assert len(vals) == 3 and all(v is not None and 0 <= v <= 1 for v in vals), field
     assert rec["fields"]["tiny"]["hflip"]["h_theta"] == [None] * 3  # one model: no model axis
-    t = read_tensors(files[0].with_suffix(".safetensors"))
+    t = load_file(files[0].with_suffix(".safetensors"))
     assert (
         t["tiny/hflip/mask_tokens"].shape == (3, 3, 256)
         and np.isfinite(t["tiny/hflip/mask_tokens"]).all()
@@ -254,7 +254,7 @@ def test_record_matches_a_direct_decode(compose_cfg):
     sample = next(iter(reader))
     writer = instantiate(cfg.writer)
     rec = writer.read(sample.name)
-    t = read_tensors(writer.stem(sample.name).with_suffix(".safetensors"))
+    t = load_file(writer.stem(sample.name).with_suffix(".safetensors"))
     model = models["tiny"]
     model.set_image(sample.image)
     pts = np.array([[i["points"][0]] for i in rec["instances"]], np.float32)

@@ -6,13 +6,13 @@ import json
 import math
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from tests.video_trees import tracking_davis as davis_tree
 from usam import container as container_stage
 from usam import train as train_stage
 from usam.container import Container
 from usam.extract_video import run
-from usam.storage import read_tensors
 
 
 def test_tracked_frames_become_records_that_container_and_trainer_consume(
@@ -46,7 +46,7 @@ def test_tracked_frames_become_records_that_container_and_trainer_consume(
         assert all(v is None for v in f["iou_dense_prompt"] + f["h_all"] + f["h_prompt"])
         # the lost object: IoU 1 if the track is empty too, else 0
         assert f["iou"][2] == (1.0 if f["pred_area"][2] == 0 else 0.0)
-    tensors = read_tensors(out / "JPEGImages/480p/dance/00002.safetensors")
+    tensors = load_file(out / "JPEGImages/480p/dance/00002.safetensors")
     assert tensors["tiny/original/mask_tokens"].shape == (3, 3, 256)
     assert not np.allclose(tensors["tiny/original/iou_token"], tensors["small/original/iou_token"])
     first = json.loads((out / "JPEGImages/480p/dance/00000.json").read_text())

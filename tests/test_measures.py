@@ -8,7 +8,6 @@ import torch
 from pycocotools import mask as mask_utils
 
 from usam.measures import (
-    best_index,
     binary_entropy,
     entropy,
     mask_iou,
@@ -132,11 +131,6 @@ def test_iou_agrees_with_pycocotools():
     assert mask_iou(preds, gt).numpy() == pytest.approx(want, abs=1e-7)
     empty = np.zeros((5, 5), bool)
     assert mask_utils.iou([rle(empty)], [rle(empty)], [0])[0, 0] == mask_iou(empty, empty).item()
-
-
-def test_best_index_first_on_ties():
-    assert best_index(torch.tensor([0.1, 0.7, 0.7])).item() == 1
-    assert best_index(np.array([[0.5, 0.5, 0.5], [0.0, 0.2, 0.9]])).tolist() == [0, 2]
 
 
 # -- from the mutation run (docs/testing.md): each test kills mutants that survived ----------

@@ -17,7 +17,6 @@ from usam.pipeline import (
     available_targets,
     override_key,
     route,
-    stage_overrides,
     training_split,
 )
 
@@ -61,7 +60,6 @@ def test_overrides_go_to_the_stages_that_know_them():
         "paths.data=/d",
         "++device=cpu",
     ]
-    assert stage_overrides("container", ovr) == routed["container"]
 
 
 def test_every_group_and_key_of_every_stage_is_routed():

@@ -9,13 +9,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file
 from test_extract import GT, FakeModel, FakeModels, H, TwoVariants, W
 
 from usam.datasets.base import DatasetReader, Entry, Sample
 from usam.errors import SampleError, UsamError
 from usam.extract import Extractor, RecordWriter
 from usam.prefetch import SKIPPED, prefetch
-from usam.storage import read_tensors
 
 
 # -- the prefetcher alone -----------------------------------------------------------------------
@@ -130,7 +130,7 @@ def extract(tmp_path, name, *, prefetch=0, images_per_call=1, done=(), broken=(5
     files = sorted(p for p in (tmp_path / name).rglob("*") if p.is_file())
     content = {
         p.relative_to(tmp_path / name).as_posix(): (
-            read_tensors(p) if p.suffix == ".safetensors" else p.read_text()
+            load_file(p) if p.suffix == ".safetensors" else p.read_text()
         )
         for p in files
     }

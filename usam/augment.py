@@ -154,13 +154,6 @@ class Augmentations:
     def names(self) -> list[str]:
         return [ORIGINAL, *self.variants]
 
-    def is_augmented(self, name: str) -> bool:
-        if name == ORIGINAL:
-            return False
-        if name not in self.variants:
-            raise KeyError(f"unknown image variant {name!r}; known: {self.names}")
-        return True
-
     def describe(self) -> dict[str, Any]:
         """What the variants are (transform and arguments) and the seed: the part of an
         extraction's settings that decides its augmented numbers."""

@@ -97,8 +97,3 @@ def mask_iou(pred: ArrayLike, gt: ArrayLike) -> Tensor:
     union = p.sum((-2, -1), dtype=acc) + g.sum((-2, -1), dtype=acc) - inter
     iou = inter.double() / union.clamp_min(1).double()
     return iou.float()
-
-
-def best_index(ious: ArrayLike) -> Tensor:
-    """Index of the highest IoU over the last dim (the first one on ties)."""
-    return torch.argmax(torch.as_tensor(ious), dim=-1)

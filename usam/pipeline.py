@@ -110,11 +110,6 @@ def route(overrides: list[str], stages: tuple[str, ...] = STAGES) -> dict[str, l
     return out
 
 
-def stage_overrides(stage: str, overrides: list[str]) -> list[str]:
-    """The overrides of `overrides` that `stage` accepts (see `route`)."""
-    return route(overrides)[stage]
-
-
 def check_names(names: list, known, key: str) -> None:
     """Names become overrides (`predictor=<name>`) and module names: only known ones pass."""
     unknown = [n for n in names if n not in known]

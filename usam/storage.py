@@ -233,15 +233,3 @@ def read_verified(path: str | Path, sha256: str | None, described_by: str | Path
             "was half replaced or edited)"
         )
     return data
-
-
-def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    path = Path(path)
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise UsamError(f"{path} not found") from None
-    except Exception as err:  # safetensors raises its own SafetensorError for broken headers
-        raise UsamError(f"{path} is not a readable safetensors file ({err})") from None

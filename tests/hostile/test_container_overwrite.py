@@ -191,11 +191,11 @@ def test_the_stage_defaults_to_auto(built, compose_cfg):
 
 
 def test_the_pipeline_passes_overwrite_on_to_the_container_stage():
-    from usam.pipeline import stage_overrides
+    from usam.pipeline import route
 
-    ovr = ["+overwrite=true", "dataset=davis"]
-    assert stage_overrides("container", ovr) == ["++overwrite=true", "dataset=davis"]
-    assert stage_overrides("train", ovr) == ["dataset=davis"]
+    routed = route(["+overwrite=true", "dataset=davis"])
+    assert routed["container"] == ["++overwrite=true", "dataset=davis"]
+    assert routed["train"] == ["dataset=davis"]
 
 
 def test_no_records_at_all_says_so_and_keeps_the_container(built, tmp_path):
