@@ -28,6 +28,7 @@ from PIL import Image
 
 from usam.inference import load_bundles
 from usam.mlp import UsamMLP, save_bundle
+from usam.registry import lookup, parse_checkpoint_name
 from usam.schema import SIZES, TARGETS
 from usam.video import VideoUSAM, _float_memory, build_video_model
 
@@ -107,13 +108,8 @@ def main() -> None:
         # on a shared machine, OpenMP threads spinning against other jobs make small ops
         # (usam's per-frame work) about 20x slower; one thread measures the work itself
         torch.set_num_threads(args.threads)
-    configs = {
-        "tiny": "t",
-        "small": "s",
-        "base_plus": "b+",
-        "large": "l",
-    }
-    config = f"configs/sam2.1/sam2.1_hiera_{configs[args.size]}.yaml"
+    version = parse_checkpoint_name(args.checkpoint or "")[0] or "sam2.1"
+    config = lookup(version, args.size).config
     model = build_video_model(
         config,
         args.checkpoint,

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from usam.overrides import override, quoted_list
+from usam.registry import lookup, parse_checkpoint_name
 from usam.schema import SIZES
 
 DATASETS = {
@@ -45,9 +46,10 @@ SPLITS = {
 
 def sam_version(model_root: Path) -> str:
     """sam2.1 if the folder holds SAM 2.1 checkpoints, else sam2.0 (the seed's checkpoints_2.0)."""
-    if any(model_root.glob("sam2.1_hiera_*.pt")):
+    named = {parse_checkpoint_name(p)[0] for p in model_root.glob("*.pt")}
+    if "sam2.1" in named:
         return "sam2.1"
-    if any(model_root.glob("sam2_hiera_*.pt")) or "2.0" in model_root.name:
+    if "sam2.0" in named or "2.0" in model_root.name:
         return "sam2.0"
     return "sam2.1"
 
@@ -80,11 +82,10 @@ def overrides(args: argparse.Namespace) -> list[str]:
         version = sam_version(root)
         out += [f"sam_model={version}", override("sam_model.checkpoint_dir", root)]
         if args.config_root:
-            prefix = "sam2.1_hiera" if version == "sam2.1" else "sam2_hiera"
-            short = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+            # the seed's config folder holds sam2's own files under their packaged names
             croot = Path(args.config_root).resolve()
             out += [
-                override(f"sam_model.configs.{s}", croot / f"{prefix}_{short[s]}.yaml")
+                override(f"sam_model.configs.{s}", croot / Path(lookup(version, s).config).name)
                 for s in SIZES
             ]
     if args.sample and args.sample > 1:
