@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from usam.container.reader import Container
 from usam.errors import UsamError
 from usam.evaluate import Evaluator
-from usam.options import unset
+from usam.options import estimators, unset
 from usam.pipeline import training_split
 
 
@@ -23,7 +24,8 @@ def test_unset_is_none_and_the_command_line_spellings_of_null_only():
 def test_every_option_that_takes_null_reads_it_by_that_rule(null):
     evaluator = Evaluator(model=null, device="cpu")
     assert evaluator.model is None
-    assert evaluator.load_predictors(null, container=None) == {}
+    assert evaluator.load_bundles(null, container=None) == {}
+    assert estimators(OmegaConf.create({"estimators": null})) is None
     assert training_split(null, ["train", "val"], "val", "davis") is None
     with pytest.raises(UsamError, match="no val_container given"):
         Container.open(null, what="val_container")
