@@ -269,8 +269,8 @@ def test_seen_rows_are_refused_unless_allowed_and_then_labelled(designed, tmp_pa
     assert summary["rows"] == len(val) < 2 * GROUPS * INSTANCES
     assert summary["protocol"] == "in-sample"
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert report["protocol"]["predictors"]["iou_large"]["rows_seen"] == 6
-    assert report["protocol"]["predictors"]["prompt_gap"]["rows_seen"] == 0
+    assert report["protocol"]["estimators"]["iou_large"]["rows_seen"] == 6
+    assert report["protocol"]["estimators"]["prompt_gap"]["rows_seen"] == 0
     assert report["protocol"]["statement"].startswith("IN-SAMPLE: iou_large")
     large_val = int((val.models == "large").sum())
     seg = report["use_cases"]["segmentation"]

@@ -172,7 +172,7 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path):
     )
     assert summary["stages"]["extract"]["done"] == 6
     for target in summary["targets"]:
-        assert (tmp_path / summary["predictors"] / target / "model.safetensors").is_file()
+        assert (tmp_path / summary["estimators"] / target / "model.safetensors").is_file()
     report = json.loads((folders["evaluate"] / "report.json").read_text())
     assert report["random_weights"] is True
     # one split (the sample's val, 2 videos): train on one video, evaluate the other
@@ -182,7 +182,7 @@ def test_pipeline_end_to_end_on_the_sample(tmp_path):
     assert summary["protocol"]["evaluation"] == "out-of-sample"
     assert report["protocol"]["status"] == "out-of-sample" and report["split"] == "val"
     assert report["protocol"]["groups"] == 1
-    bundle = json.loads((tmp_path / summary["predictors"] / "task_gap" / "config.json").read_text())
+    bundle = json.loads((tmp_path / summary["estimators"] / "task_gap" / "config.json").read_text())
     assert bundle["data"]["fit"] == "train" and bundle["data"]["seen_groups"] == 1
     assert "out-of-sample" in res.stderr + res.stdout
     assert (folders["evaluate"] / "curves_model_selection.png").is_file()
@@ -238,7 +238,7 @@ def test_pipeline_trains_on_the_train_split_and_evaluates_the_other(tmp_path):
     assert summary["stages"]["extract_train"]["done"] == 6  # 3 videos x 2 frames
     assert summary["stages"]["extract"]["done"] == 4
     inference = tmp_path / "inference" / "davis"
-    bundle = json.loads((tmp_path / summary["predictors"] / "task_gap" / "config.json").read_text())
+    bundle = json.loads((tmp_path / summary["estimators"] / "task_gap" / "config.json").read_text())
     assert [c["path"] for c in bundle["data"]["containers"]] == [str(inference / "train_container")]
     assert bundle["data"]["fit"] == "train+val" and bundle["data"]["seen_groups"] == 3
     assert summary["stages"]["train"]["task_gap"]["device"] == "cpu"  # +device reached train

@@ -51,7 +51,7 @@ def test_track_scores_every_frame_and_object_and_marks_frames_to_check(
     with caplog.at_level(logging.WARNING):
         summary = run(cfg)
     assert "RANDOM" in caplog.text
-    assert summary["random_weights"] is True and summary["random_predictors"] == [
+    assert summary["random_weights"] is True and summary["random_estimators"] == [
         "iou_tiny",
         "task_gap",
     ]

@@ -233,7 +233,7 @@ class Evaluator:
 
         A row counts as seen when its (dataset, group) was in the fit (usam.protocol).
         Returns the report's `protocol` entry: status out-of-sample, in-sample, unverified
-        (a bundle without a record of its rows) or no-predictors.
+        (a bundle without a record of its rows) or no-estimators.
         """
         n = len(view)
         groups = sum(len(g) for g in group_table([view]).values())
@@ -261,7 +261,7 @@ class Evaluator:
                 "evaluator.allow_in_sample_results=true to report them labelled IN-SAMPLE"
             )
         if not bundles:
-            status, text = "no-predictors", "no USAM estimators evaluated (nothing was trained)"
+            status, text = "no-estimators", "no USAM estimators evaluated (nothing was trained)"
         elif seen_by:
             status = "in-sample"
             text = (
@@ -280,7 +280,7 @@ class Evaluator:
                 f"out-of-sample: none of the {groups} group{'s' if groups != 1 else ''} ({n} rows) "
                 f"evaluated ({where}) was in any estimator's training fit"
             )
-        level = logging.INFO if status in ("out-of-sample", "no-predictors") else logging.WARNING
+        level = logging.INFO if status in ("out-of-sample", "no-estimators") else logging.WARNING
         self.note(text, level)
         tuned = [t for t, p in bundles.items() if searched_on(p.config, view, split)]
         if tuned:
@@ -296,7 +296,7 @@ class Evaluator:
             "rows": n,
             "groups": groups,
             "allow_in_sample_results": self.allow_in_sample,
-            "predictors": per,
+            "estimators": per,
         }
 
     def predict(self, estimators: dict[str, Any], view: Container) -> dict[str, np.ndarray]:
@@ -445,12 +445,12 @@ class Evaluator:
             "protocol": protocol,
             "model": model,
             "rows": len(view),
-            "predictors": {
+            "estimators": {
                 t: {
                     "bundle": str(self.bundle_dirs[t]),
                     "random_weights": bool(p.config.get("random_weights", False)),
                     "trained_on": p.config.get("trained_on"),
-                    **protocol["predictors"][t],
+                    **protocol["estimators"][t],
                 }
                 for t, p in bundles.items()
             },

@@ -371,7 +371,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "size": vusam.size,
             "init": cfg.init,
             "random_weights": vusam.random_weights,
-            "random_predictors": random_bundles,
+            "random_estimators": random_bundles,
         }
         title = ""
         if vusam.random_weights or random_bundles:

@@ -177,7 +177,7 @@ class Pipeline:
         routed = route(overrides)
         train_split = training_split(self.train_split, splits or [eval_split], eval_split, dataset)
         stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
-        bundles = self.log_dir / "train" / stamp / "predictors"
+        bundles = self.log_dir / "train" / stamp / "estimators"
         targets = self.targets or available_targets(sizes)
         # (name, stage, leading args, trailing args): the leading ones a user may override,
         # the trailing ones fix where each stage reads and writes
@@ -223,7 +223,7 @@ class Pipeline:
         out: dict[str, Any] = {
             "protocol": {**protocol, "train_split": train_split, "eval_split": eval_split},
             "run_folders": {name: str(d) for name, d in dirs.items()},
-            "predictors": str(bundles),
+            "estimators": str(bundles),
             "targets": targets,
             "stages": {},
         }
@@ -276,7 +276,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     save_run(cfg, summary)
     for stage, folder in summary["run_folders"].items():
         log.info("%-16s -> %s", stage, folder)
-    log.info("estimator bundles -> %s", summary["predictors"])
+    log.info("estimator bundles -> %s", summary["estimators"])
     protocol = summary["protocol"]
     log.info("protocol (%s): %s", protocol["name"], protocol["statement"])
     if protocol.get("evaluation_statement"):

@@ -185,7 +185,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "sam_version": sam.version,
         "size": sam.size,
         "random_weights": sam.random_weights,
-        "random_predictors": random_bundles,
+        "random_estimators": random_bundles,
         "best": best,
         "scores": pred.scores.tolist(),
         "estimates": {t: v.tolist() for t, v in pred.estimates.items()},

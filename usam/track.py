@@ -352,7 +352,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "sam_version": vusam.version,
         "size": vusam.size,
         "random_weights": vusam.random_weights,
-        "random_predictors": random_bundles,
+        "random_estimators": random_bundles,
         "targets": list(vusam.targets),
         "check_score": check,
         "threshold": cfg.threshold,

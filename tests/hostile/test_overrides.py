@@ -82,8 +82,8 @@ def test_the_pipeline_passes_folders_on_quoted(monkeypatch, tmp_path):
     stamp = Path(values["container"]["hydra.run.dir"]).relative_to(log_dir / "container")
     assert values["container"]["hydra.run.dir"] == str(log_dir / "container" / stamp)
     assert values["train"]["hydra.sweep.dir"] == str(log_dir / "train" / stamp)
-    assert values["train"]["out_dir"] == str(log_dir / "train" / stamp / "predictors")
-    assert values["evaluate"]["estimators"] == str(log_dir / "train" / stamp / "predictors")
+    assert values["train"]["out_dir"] == str(log_dir / "train" / stamp / "estimators")
+    assert values["evaluate"]["estimators"] == str(log_dir / "train" / stamp / "estimators")
     assert values["evaluate"]["hydra.run.dir"] == str(log_dir / "evaluate" / stamp)
 
 
