@@ -302,3 +302,8 @@ def test_only_a_variant_with_p_below_one_is_warned_about(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "augment.variants.sometimes has p=0.5: some images will get no augmentation"
     ]
+
+
+def test_repr_lists_the_variants_and_the_seed():
+    augs = Augmentations(variants={"hflip": A.HorizontalFlip(p=1.0)}, seed=3)
+    assert repr(augs) == "Augmentations(['original', 'hflip'], seed=3)"
