@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 
 from usam.cli import user_error
 from usam.datasets.base import Sample
+from usam.errors import UsamError
 from usam.extract import Extractor, RecordWriter, run
 from usam.sam import Decoded
 from usam.storage import read_tensors
@@ -614,3 +615,99 @@ def test_flip_variant_maps_points_forward_and_masks_and_maps_back(tmp_path):
     assert float((mirror * np.vectorize(h)(mirror)).sum() / mirror.sum()) != pytest.approx(
         h_map, abs=1e-3
     )
+
+
+# -- RecordWriter: pairs, settings, resume (from the mutation run, docs/testing.md) ----------
+SETTINGS = {"seed": 0, "models": ["tiny", "large"], "n_samples": 7}
+
+
+def writer_with(root: Path, settings: dict | None = SETTINGS) -> RecordWriter:
+    w = RecordWriter(root=root, dataset="davis", split="val")
+    w.settings = settings
+    return w
+
+
+def test_record_pair_carries_its_provenance_and_the_digest_of_its_tensors(tmp_path):
+    import hashlib
+
+    w = writer_with(tmp_path)
+    tensors = {"tiny/original/iou_token": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    path = w.write("v/00003.jpg", {"name": "v/00003.jpg", "instances": []}, tensors)
+    assert path == tmp_path / "v" / "00003.json"
+    rec = json.loads(path.read_text())
+    digest = hashlib.sha256((tmp_path / "v" / "00003.safetensors").read_bytes()).hexdigest()
+    assert rec == {
+        "schema": rec["schema"],
+        "kind": "usam.record",
+        "dataset": "davis",
+        "split": "val",
+        "name": "v/00003.jpg",
+        "instances": [],
+        "settings": SETTINGS,
+        "tensors_sha256": digest,
+    }
+    assert w.read("v/00003.jpg") == rec
+    assert w.done("v/00003.jpg") and not w.done("v/00004.jpg")
+    got = read_tensors(tmp_path / "v" / "00003.safetensors")
+    assert np.array_equal(got["tiny/original/iou_token"], tensors["tiny/original/iou_token"])
+
+
+def test_done_is_false_for_half_pairs_foreign_or_broken_records(tmp_path, caplog):
+    w = writer_with(tmp_path)
+    for stem in ("a", "b", "c", "d"):
+        w.write(f"{stem}.jpg", {"name": f"{stem}.jpg"}, {"x": np.zeros(2, np.float32)})
+    (tmp_path / "a.safetensors").unlink()  # JSON without its tensors
+    (tmp_path / "b.json").write_text(json.dumps({"kind": "usam.container"}))  # not a record
+    (tmp_path / "c.json").write_text("{ cut")  # a JSON cut short
+    (tmp_path / "d.safetensors").write_bytes(b"other bytes")  # not the tensors described
+    with caplog.at_level("WARNING", logger="usam.extract"):
+        assert [w.done(f"{s}.jpg") for s in "abcd"] == [False] * 4
+    assert any(m.endswith("; extracting it again") and "c.json" in m for m in caplog.messages)
+    assert any(
+        m.endswith("; extracting it again") and "d.safetensors" in m for m in caplog.messages
+    )
+
+
+def test_resuming_over_other_settings_names_what_differs(tmp_path):
+    writer_with(tmp_path).write("v/1.jpg", {"name": "v/1.jpg"}, {})
+    later = writer_with(tmp_path, {**SETTINGS, "seed": 3, "n_samples": 7})
+    with pytest.raises(UsamError) as err:
+        later.done("v/1.jpg")
+    assert str(err.value) == (
+        f"{tmp_path / 'v' / '1.json'} was extracted with other settings (seed: 0 there, 3 now); "
+        f"resuming would mix the two in {tmp_path}: choose another out_dir, or pass "
+        "extractor.resume=false to recompute and replace its records"
+    )
+    with pytest.raises(UsamError, match=r"1\.json was extracted with other settings \(seed"):
+        later.check_existing()
+    writer_with(tmp_path, None).write("v/1.jpg", {"name": "v/1.jpg"}, {})  # no settings kept
+    with pytest.raises(UsamError, match="by a usam that did not record its settings; resuming"):
+        writer_with(tmp_path).check_existing()
+    assert writer_with(tmp_path, None).done("v/1.jpg")  # no settings to compare: accepted
+
+
+def test_check_existing_compares_the_first_record_in_sorted_order(tmp_path):
+    w = writer_with(tmp_path)
+    w.write("b/1.jpg", {"name": "b/1.jpg"}, {})
+    other = writer_with(tmp_path, {**SETTINGS, "seed": 5})
+    other.write("c/1.jpg", {"name": "c/1.jpg"}, {})
+    # neither hidden folders and files, nor JSON that is not a record, nor broken JSON count
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "x.json").write_text(json.dumps({"kind": "usam.record"}))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".hidden.json").write_text(json.dumps({"kind": "usam.record"}))
+    (tmp_path / "a" / "0.json").write_text("{ cut")
+    (tmp_path / "a" / "1.json").write_text(json.dumps({"kind": "usam.summary"}))
+    (tmp_path / "a" / "2.txt").write_text("{}")
+    w.check_existing()  # b/1.json comes first and matches; c/1.json is never read
+    with pytest.raises(UsamError, match=r"b/1\.json was extracted with other settings"):
+        writer_with(tmp_path, {**SETTINGS, "seed": 5}).check_existing()
+    writer_with(tmp_path / "nothing-yet").check_existing()  # no out_dir yet: nothing to check
+
+
+def test_record_names_may_not_leave_the_output_folder(tmp_path):
+    w = writer_with(tmp_path)
+    with pytest.raises(UsamError, match=r"record name \(image '\.\./x\.jpg'\) '\.\./x\.jpg'"):
+        w.stem("../x.jpg")
+    assert w.stem("v/a.PNG") == tmp_path / "v" / "a"  # image suffixes in any case are dropped
+    assert w.stem("v/a.npz") == tmp_path / "v" / "a.npz"  # anything else is kept
