@@ -335,3 +335,43 @@ def test_read_label_png_refuses_colour_and_broken_masks(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5)
     with pytest.raises(SampleError, match=r"big\.png: mask too large: .*MAX_IMAGE_PIXELS=5;"):
         read_label_png(tmp_path / "big.png")
+
+
+def test_shape_errors_name_the_entry_and_bool_masks_are_not_copied(root):
+    class Skewed(Videos):
+        def load(self, entry):
+            sample = super().load(entry)
+            if entry.name == "v1/2":
+                sample.masks[2] = np.zeros((5, 4), bool)  # transposed
+            return sample
+
+    r = Skewed(root=root, strict=True)
+    entry = next(e for e in r.entries if e.name == "v1/2")
+    with pytest.raises(SampleError) as err:
+        r.try_load(entry)
+    assert (err.value.path, err.value.reason) == ("v1/2", "mask of instance 2 is 4x5, image is 5x4")
+    with pytest.raises(SampleError) as err:
+        check_sample(Sample(np.zeros((4, 5), np.uint8), {}, "b.jpg", "b"), "b.jpg")
+    assert err.value.path == "b.jpg"
+    # masks that are bool already are kept as they are (no copy of every mask per image)
+    mask = np.eye(4, 5, dtype=bool)
+    sample = Sample(np.zeros((4, 5, 3), np.uint8), {7: mask}, "c.jpg", "c")
+    check_sample(sample, "c.jpg")
+    assert sample.masks[7] is mask
+
+
+def test_the_default_instance_cap_is_1000(root):
+    r = Videos(root=root)
+    r.check_count(1000, "a.png")
+    with pytest.raises(SampleError, match="1001 instances, more than dataset.max_instances=1000"):
+        r.check_count(1001, "a.png")
+
+
+def test_too_large_files_keep_pils_reason_and_their_path(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((3, 4), np.uint8), mode="L").save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5)
+    for read, what in ((read_rgb, "image"), (read_label_png, "mask")):
+        with pytest.raises(SampleError) as err:
+            read(tmp_path / "big.png")
+        assert err.value.path == str(tmp_path / "big.png")
+        assert err.value.reason.startswith(f"{what} too large: Image size (12 pixels) exceeds")
