@@ -711,3 +711,84 @@ def test_record_names_may_not_leave_the_output_folder(tmp_path):
         w.stem("../x.jpg")
     assert w.stem("v/a.PNG") == tmp_path / "v" / "a"  # image suffixes in any case are dropped
     assert w.stem("v/a.npz") == tmp_path / "v" / "a.npz"  # anything else is kept
+
+
+# -- scores and tokens per prompt (from the mutation run, docs/testing.md) ---------------------
+def prompt_scores(x: float, y: float) -> list[float]:
+    """ScoreModel's SAM scores of masks 0..2 for a prompt at (x, y): the top mask moves with
+    the prompt, and the values differ between prompts."""
+    return [0.1 + 0.3 * ((j + int(x) + 2 * int(y)) % 3) + 0.01 * y for j in range(3)]
+
+
+def prompt_masks(x: float, y: float) -> list[np.ndarray]:
+    """PointModel's three single-point masks for a prompt at (x, y)."""
+    jb = int(x + y) % 3
+    masks = [np.zeros((H, W), bool) for _ in range(3)]
+    masks[jb][:, :4] = True
+    masks[(jb + 1) % 3][:] = True
+    return masks
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+class ScoreModel(PointModel):
+    """PointModel whose scores (`prompt_scores`) and tokens depend on the prompt: the mask
+    tokens of a prompt at (x, y) start with 100 x + y + 1000 j for mask j. Keeps the labels
+    it is given."""
+
+    def __init__(self, size: str, gain: float):
+        super().__init__(size, gain)
+        self.labels: list[np.ndarray] = []
+
+    def decode(self, points, labels) -> Decoded:
+        self.labels.append(labels)
+        dec = super().decode(points, labels)
+        xy = torch.as_tensor(np.asarray(points[:, 0]), dtype=torch.float32)
+        tokens = 100 * xy[:, 0, None] + xy[:, 1, None] + 1000 * torch.arange(3.0)
+        return Decoded(
+            masks=dec.masks,
+            scores=torch.tensor([prompt_scores(*p) for p in np.asarray(points[:, 0])]),
+            low_res_probs=dec.low_res_probs,
+            iou_token=dec.iou_token,
+            mask_tokens=tokens[..., None].expand(-1, 3, 256).clone(),
+        )
+
+
+def test_scores_and_tokens_come_from_the_centre_prompt_of_each_instance(tmp_path):
+    from usam.augment import Augmentations
+
+    other = np.zeros((H, W), bool)
+    other[1:, 4:] = True  # the right half without its top row
+    gts = {4: GT, 6: other}
+    sample = Sample(np.full((H, W, 3), 99, np.uint8), gts, name="u.jpg", group="u")
+    model = ScoreModel("tiny", 1.0)
+    ex = Extractor(
+        models=FakeModels([model]),
+        augment=Augmentations(),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+    )
+    record, tensors = ex.process(sample)
+    x = record["fields"]["tiny"]["original"]
+    tops = []
+    for i, inst in enumerate(record["instances"]):
+        pts = inst["points"]
+        scores = [prompt_scores(*p) for p in pts]
+        ious = [[iou(m, gts[inst["id"]]) for m in prompt_masks(*p)] for p in pts]
+        best, top = int(np.argmax(ious[0])), int(np.argmax(scores[0]))
+        tops.append(top)
+        # the data discriminate: prompt 1 ranks or scores the masks otherwise than the centre
+        assert int(np.argmax(scores[1])) != top and scores[1][best] != scores[0][best]
+        assert x["best"][i] == best
+        assert x["sam_score"][i] == pytest.approx(scores[0][best])
+        assert x["unsupervised_iou"][i] == pytest.approx(ious[0][top])
+        assert x["unsupervised_sam_score"][i] == pytest.approx(scores[0][top])
+        assert list(x["scores"][i]) == pytest.approx(scores[0])
+        cx, cy = pts[0]
+        want = [100 * cx + cy + 1000 * j for j in range(3)]
+        assert list(tensors["tiny/original/mask_tokens"][i, :, 0]) == pytest.approx(want)
+    assert tops[0] != tops[1]  # one top mask per instance, not one for the image
+    # single-point prompts are decoded with labels (b, 1), dense ones with (b, 8): all ones
+    assert [lab.shape for lab in model.labels] == [(5, 1), (5, 1), (5, 1), (1, 1), (2, 8)]
+    assert all(lab.dtype == np.int64 and (lab == 1).all() for lab in model.labels)
