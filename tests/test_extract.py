@@ -749,7 +749,10 @@ class ScoreModel(PointModel):
         tokens = 100 * xy[:, 0, None] + xy[:, 1, None] + 1000 * torch.arange(3.0)
         return Decoded(
             masks=dec.masks,
-            scores=torch.tensor([prompt_scores(*p) for p in np.asarray(points[:, 0])]),
+            # float64, as a model in another precision gives: records hold float32 anyway
+            scores=torch.tensor(
+                [prompt_scores(*p) for p in np.asarray(points[:, 0])], dtype=torch.float64
+            ),
             low_res_probs=dec.low_res_probs,
             iou_token=dec.iou_token,
             mask_tokens=tokens[..., None].expand(-1, 3, 256).clone(),
@@ -785,10 +788,25 @@ def test_scores_and_tokens_come_from_the_centre_prompt_of_each_instance(tmp_path
         assert x["unsupervised_iou"][i] == pytest.approx(ious[0][top])
         assert x["unsupervised_sam_score"][i] == pytest.approx(scores[0][top])
         assert list(x["scores"][i]) == pytest.approx(scores[0])
+        assert list(x["ious"][i]) == pytest.approx(ious[0])
+        # h_task mixes the centre prompt's three maps with its own normalised scores
         cx, cy = pts[0]
+        jb = int(cx + cy) % 3
+        maps = np.empty(3)
+        maps[jb], maps[(jb + 1) % 3], maps[(jb + 2) % 3] = (
+            best_value(cx, cy, 1.0),
+            FULL_MAP,
+            EMPTY_MAP,
+        )
+        w = np.array(scores[0]) / sum(scores[0])
+        assert x["h_task"][i] == pytest.approx(h(float(w @ maps)), abs=1e-5)
         want = [100 * cx + cy + 1000 * j for j in range(3)]
         assert list(tensors["tiny/original/mask_tokens"][i, :, 0]) == pytest.approx(want)
     assert tops[0] != tops[1]  # one top mask per instance, not one for the image
+    assert x["best"].dtype == np.int64
+    assert {k: v.dtype for k, v in x.items() if k != "best"} == dict.fromkeys(
+        set(x) - {"best"}, np.float32
+    )
     # single-point prompts are decoded with labels (b, 1), dense ones with (b, 8): all ones
     assert [lab.shape for lab in model.labels] == [(5, 1), (5, 1), (5, 1), (1, 1), (2, 8)]
     assert all(lab.dtype == np.int64 and (lab == 1).all() for lab in model.labels)
