@@ -810,3 +810,44 @@ def test_scores_and_tokens_come_from_the_centre_prompt_of_each_instance(tmp_path
     # single-point prompts are decoded with labels (b, 1), dense ones with (b, 8): all ones
     assert [lab.shape for lab in model.labels] == [(5, 1), (5, 1), (5, 1), (1, 1), (2, 8)]
     assert all(lab.dtype == np.int64 and (lab == 1).all() for lab in model.labels)
+
+
+def test_extractor_defaults_prefetch_auto_and_refusals(tmp_path):
+    writer = RecordWriter(root=tmp_path, dataset="d", split="val")
+
+    def make(models, **kw):
+        return Extractor(models=FakeModels(models), augment=TwoVariants(), writer=writer, **kw)
+
+    ex = make([FakeModel("tiny", 1.0)])
+    assert (ex.seed, ex.n_samples, ex.resume, ex.prefetch, ex.images_per_call) == (0, 7, True, 0, 1)
+    assert (make([], prefetch=3, images_per_call="4").prefetch, ex.images_per_call) == (3, 1)
+    assert make([], images_per_call="4").images_per_call == 4
+    # auto: read ahead when any model is on a GPU; a model without `device` counts as CPU
+    gpu = FakeModel("large", 1.0)
+    gpu.device = torch.device("cuda")
+    assert make([FakeModel("tiny", 1.0), gpu], prefetch="auto").prefetch == 2
+    assert make([FakeModel("tiny", 1.0), object()], prefetch="auto").prefetch == 0
+    for prefetch, per_call in [(-1, 1), ("many", 1), (True, 1), (0, 0)]:
+        with pytest.raises(UsamError) as err:
+            make([], prefetch=prefetch, images_per_call=per_call)
+        assert str(err.value) == (
+            "extractor.prefetch must be auto or >= 0 and extractor.images_per_call >= 1, "
+            f"got {prefetch!r} and {per_call}"
+        )
+
+
+def test_prompts_per_instance_follow_n_samples(tmp_path):
+    other = np.zeros((H, W), bool)
+    other[1:, 4:] = True
+    sample = Sample(
+        np.zeros((H, W, 3), np.uint8), {6: other, 4: GT, 5: np.zeros((H, W), bool)}, "a.jpg", "a"
+    )
+    ex = Extractor(
+        models=FakeModels([]),
+        augment=TwoVariants(),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+        n_samples=3,
+    )
+    ids, points = ex.prompts(sample)
+    assert ids == [4, 6] and points.shape == (2, 4, 2)  # sorted, the empty mask left out
+    assert GT[int(points[0, 0, 1]), int(points[0, 0, 0])]  # instance 4's centre is on its mask
