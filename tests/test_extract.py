@@ -851,3 +851,69 @@ def test_prompts_per_instance_follow_n_samples(tmp_path):
     ids, points = ex.prompts(sample)
     assert ids == [4, 6] and points.shape == (2, 4, 2)  # sorted, the empty mask left out
     assert GT[int(points[0, 0, 1]), int(points[0, 0, 0])]  # instance 4's centre is on its mask
+    ids, points = ex.prompts(Sample(sample.image, {5: sample.masks[5]}, "e.jpg", "e"))
+    assert ids == [] and points.shape == (0, 4, 2) and points.dtype == np.float32
+
+
+class BatchedModel(FakeModel):
+    """FakeModel with SAM 2's batch encoding: one call encodes several images."""
+
+    def set_images(self, images):
+        self.encoder_passes += len(images)
+        self.c0s = [float(im.mean()) / 255 * self.gain for im in images]
+
+    def use_image(self, i):
+        self.c0 = self.c0s[i]
+
+
+class KeyedVariants(TwoVariants):
+    """TwoVariants that records (variant, key) of every call."""
+
+    def __init__(self):
+        self.keys: list[tuple[str, str | None]] = []
+
+    def __iter__(self):
+        for name, apply in super().__iter__():
+
+            def keyed(img, pts, key=None, apply=apply, name=name):
+                self.keys.append((name, key))
+                return apply(img, pts)
+
+            yield name, keyed
+
+
+def test_two_images_in_one_encoder_call_give_the_records_of_each_alone(tmp_path):
+    right = np.zeros((H, W), bool)
+    right[:, 5:] = True
+    a = Sample(np.full((H, W, 3), 204, np.uint8), {3: GT}, "a.jpg", "a")
+    b = Sample(np.full((H, W, 3), 102, np.uint8), {3: GT, 8: right}, "b.jpg", "b")
+
+    def extractor():
+        return Extractor(
+            models=FakeModels([BatchedModel("tiny", 1.0), BatchedModel("large", 0.5)]),
+            augment=KeyedVariants(),
+            writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+        )
+
+    ex = extractor()
+    # given prompts are used as they are (b's: the sampled ones, a's: its own points)
+    pa = ([3], np.full((1, 8, 2), 1.0, np.float32))
+    both = ex.process_many([a, b], [pa, None])
+    alone = [extractor().process(a, pa), extractor().process(b)]
+    assert both[0][0]["instances"][0]["points"] == [[1.0, 1.0]] * 8
+    for (rec, tensors), (rec1, tensors1) in zip(both, alone, strict=True):
+        assert json.dumps(rec, default=np.ndarray.tolist) == json.dumps(
+            rec1, default=np.ndarray.tolist
+        )
+        assert tensors.keys() == tensors1.keys()
+        assert all(np.array_equal(tensors[k], tensors1[k]) for k in tensors)
+    # the data discriminate: the two images give other numbers
+    fa, fb = both[0][0]["fields"]["tiny"]["original"], both[1][0]["fields"]["tiny"]["original"]
+    assert fa["entropy"][0] != pytest.approx(fb["entropy"][0], abs=1e-3)
+    # every variant is made with the image's name as its random key
+    assert ex.augment.keys == [
+        ("original", "a.jpg"),
+        ("original", "b.jpg"),
+        ("dark", "a.jpg"),
+        ("dark", "b.jpg"),
+    ]
