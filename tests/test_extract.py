@@ -917,3 +917,24 @@ def test_two_images_in_one_encoder_call_give_the_records_of_each_alone(tmp_path)
         ("dark", "a.jpg"),
         ("dark", "b.jpg"),
     ]
+
+
+def test_record_header_names_the_image_its_size_and_what_made_it(tmp_path):
+    ex = Extractor(
+        models=FakeModels([FakeModel("tiny", 1.0), FakeModel("large", 0.5)]),
+        augment=TwoVariants(),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+    )
+    record, tensors = ex.process(Sample(np.zeros((4, 6, 3), np.uint8), {}, "v/e.jpg", "v"))
+    assert record == {
+        "name": "v/e.jpg",
+        "group": "v",
+        "width": 6,
+        "height": 4,
+        "sam_version": "fake",
+        "random_weights": True,
+        "models": ["tiny", "large"],
+        "variants": ["original", "dark"],
+        "instances": [],
+        "fields": {},
+    }
