@@ -938,3 +938,16 @@ def test_record_header_names_the_image_its_size_and_what_made_it(tmp_path):
         "instances": [],
         "fields": {},
     }
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_on_the_first_visit(tmp_path):
+    import os
+
+    (tmp_path / "v").mkdir()
+    stale = tmp_path / "v" / ".00003.json.tmp-x"  # no owner in the name: stale by its age
+    stale.write_text("{")
+    os.utime(stale, (0, 0))
+    fresh = tmp_path / "v" / ".00004.json.tmp-y"  # recent: may be a live shard's
+    fresh.write_text("{")
+    assert not writer_with(tmp_path).done("v/00003.jpg")
+    assert not stale.exists() and fresh.exists()
