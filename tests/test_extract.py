@@ -663,22 +663,28 @@ def test_done_is_false_for_half_pairs_foreign_or_broken_records(tmp_path, caplog
     with caplog.at_level("WARNING", logger="usam.extract"):
         assert [w.done(f"{s}.jpg") for s in "abcd"] == [False] * 4
     assert any(m.endswith("; extracting it again") and "c.json" in m for m in caplog.messages)
-    assert any(
-        m.endswith("; extracting it again") and "d.safetensors" in m for m in caplog.messages
-    )
+    d_json, d_st = tmp_path / "d.json", tmp_path / "d.safetensors"
+    assert f"{d_st} is not the file {d_json} describes" in caplog.text
+    # a half pair is what an interrupted write leaves: redone without a warning
+    assert not any("a.json" in m or "a.safetensors" in m for m in caplog.messages)
+    # a writer whose settings were never set accepts any complete record
+    w.write("e.jpg", {"name": "e.jpg"}, {})
+    assert RecordWriter(root=tmp_path, dataset="d", split="val").done("e.jpg")
 
 
 def test_resuming_over_other_settings_names_what_differs(tmp_path):
     writer_with(tmp_path).write("v/1.jpg", {"name": "v/1.jpg"}, {})
-    later = writer_with(tmp_path, {**SETTINGS, "seed": 3, "n_samples": 7})
+    # seed differs, models are the same, image_size is new (None in the old record)
+    later = writer_with(tmp_path, {**SETTINGS, "seed": 3, "image_size": 1024})
     with pytest.raises(UsamError) as err:
         later.done("v/1.jpg")
     assert str(err.value) == (
-        f"{tmp_path / 'v' / '1.json'} was extracted with other settings (seed: 0 there, 3 now); "
+        f"{tmp_path / 'v' / '1.json'} was extracted with other settings "
+        "(image_size: None there, 1024 now; seed: 0 there, 3 now); "
         f"resuming would mix the two in {tmp_path}: choose another out_dir, or pass "
         "extractor.resume=false to recompute and replace its records"
     )
-    with pytest.raises(UsamError, match=r"1\.json was extracted with other settings \(seed"):
+    with pytest.raises(UsamError, match=r"1\.json was extracted with other settings \(image_size"):
         later.check_existing()
     writer_with(tmp_path, None).write("v/1.jpg", {"name": "v/1.jpg"}, {})  # no settings kept
     with pytest.raises(UsamError, match="by a usam that did not record its settings; resuming"):
@@ -951,3 +957,11 @@ def test_stale_temporaries_of_a_killed_run_are_removed_on_the_first_visit(tmp_pa
     fresh.write_text("{")
     assert not writer_with(tmp_path).done("v/00003.jpg")
     assert not stale.exists() and fresh.exists()
+
+
+def test_check_existing_reads_past_other_files_in_the_first_folder(tmp_path):
+    writer_with(tmp_path).write("b/2.jpg", {"name": "b/2.jpg"}, {})
+    (tmp_path / "b" / "0.json").write_text("{ cut")  # broken JSON before the record
+    (tmp_path / "b" / "1.txt").write_text("{}")  # and a file that is not JSON
+    with pytest.raises(UsamError, match=r"2\.json was extracted with other settings"):
+        writer_with(tmp_path, {**SETTINGS, "seed": 5}).check_existing()
