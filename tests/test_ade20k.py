@@ -143,3 +143,39 @@ def test_compose_and_instantiate(root: Path, compose_cfg) -> None:
     assert isinstance(reader, ADE20k)
     assert (reader.name, reader.split, reader.shard_count) == ("ade20k", "val", 1)
     assert len(reader) == 5
+
+
+# -- from the mutation run (docs/testing.md) --------------------------------------------------
+
+
+def test_missing_folders_are_named_with_what_they_hold(tmp_path: Path, root: Path) -> None:
+    with pytest.raises(UsamError, match=r"images/training not found \(image folder\); expected"):
+        ADE20k(root=root, split="train")
+    (root / "annotations/validation").rename(root / "annotations/val")
+    with pytest.raises(
+        UsamError, match=r"annotations/validation not found \(annotation folder\); expected"
+    ):
+        ADE20k(root=root)
+
+
+def test_only_jpeg_files_are_images(root: Path) -> None:
+    images = root / "images/validation"
+    (images / "index.txt").write_text("not an image")
+    (images / "ADE_val_00000009.png").write_bytes(b"")
+    (images / "folder.jpg").mkdir()
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(images / "ADE_val_00000006.JPEG", "JPEG")
+    names = [e.name for e in ADE20k(root=root).entries]
+    assert names == [f"images/validation/ADE_val_{i:08d}.jpg" for i in range(1, 6)] + [
+        "images/validation/ADE_val_00000006.JPEG"
+    ]
+
+
+def test_a_label_map_with_channels_is_refused_naming_it(root: Path, monkeypatch) -> None:
+    # read_label_png returns 2-D ids for every mode it accepts; the check guards the shape
+    # contract in case it ever lets another mode through
+    monkeypatch.setattr("usam.datasets.ade20k.read_label_png", lambda p: np.zeros((H, W, 2)))
+    reader = ADE20k(root=root, strict=True)
+    with pytest.raises(SampleError) as err:
+        reader.try_load(reader.entries[1])
+    assert err.value.path == str(root / "annotations/validation/ADE_val_00000002.png")
+    assert err.value.reason == f"mask has shape ({H}, {W}, 2), expected one channel"

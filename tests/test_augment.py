@@ -1,5 +1,6 @@
 """Image variants: the paper's settings realised as intended, flips mapped both ways."""
 
+import logging
 from pathlib import Path
 from statistics import NormalDist
 
@@ -12,7 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from usam.augment import Augmentations
+from usam.augment import Augmentations, _flip
 from usam.errors import UsamError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "augment"
@@ -173,3 +174,133 @@ def test_bad_configs_are_refused_clearly():
         Augmentations(variants={}, seed=-1)
     with pytest.raises(UsamError, match="one albumentations transform"):
         Augmentations(variants={"c": A.Compose([A.Blur(p=1.0)])})
+
+
+# -- from the mutation run (docs/testing.md) --------------------------------------------------
+
+
+def spy_seeds(augs: Augmentations, names: list[str]) -> list[int]:
+    """The seeds each variant's Compose is given, in call order."""
+    seen: list[int] = []
+    for name in names:
+        compose = augs[name].compose
+        real = compose.set_random_seed
+        compose.set_random_seed = lambda s, real=real: (seen.append(s), real(s))[1]
+    return seen
+
+
+def test_seeds_of_keyed_and_keyless_calls_are_pinned():
+    # the seed recipe decides the noise stored in records: changing it would let a resumed
+    # extraction mix two noise draws under the same settings, so the numbers are pinned
+    # (default seed 0; variant name, key and call count all enter)
+    augs = Augmentations(variants={"blur": A.Blur(p=1.0), "hflip": A.HorizontalFlip(p=1.0)})
+    seen = spy_seeds(augs, ["blur", "hflip"])
+    img = image(h=4, w=6)
+    augs["blur"](img, key="v/00003.jpg")
+    augs["blur"](img)
+    augs["blur"](img)
+    augs["hflip"](img, key="v/00003.jpg")
+    augs["hflip"](img)
+    assert seen == [4209030950, 433055500, 3759740168, 1506405900, 2465462620]
+    assert augs.describe()["seed"] == 0
+
+
+def test_variants_with_the_same_transform_get_independent_noise():
+    spec = OmegaConf.load(CONF / "paper.yaml").variants.noise
+    augs = Augmentations(variants={"noise_a": spec, "noise_b": spec})
+    img = image()
+    a = augs["noise_a"](img, key="x.jpg")[0]
+    b = augs["noise_b"](img, key="x.jpg")[0]
+    assert not np.array_equal(a, b)
+
+
+def test_flip_unmap_reverses_only_its_axis_for_numpy_and_torch():
+    # INVERSES holds closures built at import; calling _flip here tests the builder itself
+    x = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    for dim, want in [(-1, x[..., ::-1]), (-2, x[..., ::-1, :])]:
+        got = _flip(dim)(x)
+        assert np.array_equal(got, want) and got.flags.c_contiguous
+        assert torch.equal(torch.as_tensor(got), torch.from_numpy(want.copy()))
+        assert torch.equal(_flip(dim)(torch.from_numpy(x)), torch.from_numpy(want.copy()))
+
+
+def test_transpose_unmap_swaps_the_last_two_axes_of_batched_maps():
+    unmap = Augmentations(variants={"t": A.Transpose(p=1.0)})["t"].unmap
+    x = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    want = x.transpose(0, 2, 1)
+    got = unmap(x)
+    assert got.shape == (2, 4, 3) and np.array_equal(got, want) and got.flags.c_contiguous
+    t = unmap(torch.from_numpy(x))
+    assert t.shape == (2, 4, 3) and torch.equal(t, torch.from_numpy(want.copy()))
+
+
+def test_photometric_unmap_is_the_identity_and_describe_names_each_transform():
+    augs = load("paper")
+    mask = np.eye(5, dtype=bool)
+    assert augs["blur"](image(), None, key="a")[2](mask) is mask
+    described = augs.describe()["variants"]
+    assert described["blur"].startswith("GaussianBlur(")
+    assert described["jpeg30"].startswith("ImageCompression(")
+
+
+def test_geometric_variant_without_points_still_flips_the_image():
+    img = image()
+    out, p, unmap = load("flip")["hflip"](img, key="a")
+    assert np.array_equal(out, img[:, ::-1]) and p is None
+    mask = np.zeros(img.shape[:2], bool)
+    mask[5:20, 2:9] = True
+    assert np.array_equal(unmap(mask[:, ::-1]), mask)
+
+
+def test_original_by_name_is_the_identity_and_unknown_names_are_named():
+    augs = load("paper")
+    img, pts = image(), np.array([[3.0, 4.0]], np.float32)
+    out, p, unmap = augs["original"](img, pts, key="a")
+    assert out is img and p is pts
+    with pytest.raises(KeyError, match="unknown image variant 'nope'; known: .*'jpeg10'"):
+        augs.is_augmented("nope")
+
+
+def test_plain_dict_specs_build_and_their_errors_name_the_variant():
+    augs = Augmentations(variants={"b": {"_target_": "albumentations.Blur", "p": 1.0}})
+    assert isinstance(augs["b"].transform, A.Blur)
+    with pytest.raises(
+        UsamError, match=r"^augment\.variants\.x: cannot build albumentations\.NoSuch"
+    ):
+        Augmentations(variants={"x": {"_target_": "albumentations.NoSuchBlur"}})
+    # a value left missing (???) in a config fails inside instantiate, as a UsamError
+    cfg = OmegaConf.create({"n": {"_target_": "albumentations.Blur", "p": "???"}})
+    with pytest.raises(
+        UsamError, match=r"^augment\.variants\.n: cannot build albumentations\.Blur"
+    ):
+        Augmentations(variants=cfg)
+
+
+def test_refusals_say_what_was_given_and_what_is_supported():
+    with pytest.raises(
+        UsamError, match="variant name 'a b' must use only letters, digits, '_' and '-'"
+    ):
+        Augmentations(variants={"a b": A.Blur(p=1.0)})
+    with pytest.raises(
+        UsamError, match="^augment.variants.x: expected one albumentations transform, got int$"
+    ):
+        Augmentations(variants={"x": 3})
+    with pytest.raises(UsamError) as err:
+        Augmentations(variants={"rot": A.Rotate(p=1.0)})
+    assert str(err.value) == (
+        "augment.variants.rot: Rotate moves pixels and usam cannot map its masks back; "
+        "geometric transforms supported: HorizontalFlip, VerticalFlip, Transpose"
+    )
+
+
+def test_only_a_variant_with_p_below_one_is_warned_about(caplog):
+    with caplog.at_level(logging.WARNING, logger="usam.augment"):
+        Augmentations(variants={"always": A.Blur(p=1.0), "sometimes": A.Blur(p=0.5)})
+    assert [r.getMessage() for r in caplog.records] == [
+        "augment.variants.sometimes has p=0.5: some images will get no augmentation"
+    ]
+
+
+def test_repr_lists_the_variants_and_the_seed():
+    augs = Augmentations(variants={"hflip": A.HorizontalFlip(p=1.0)}, seed=3)
+    assert repr(augs) == "Augmentations(['original', 'hflip'], seed=3)"

@@ -7,8 +7,17 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from usam.datasets.base import DatasetReader, Entry, Sample, check_sample, masks_from_labels
+from usam.datasets.base import (
+    DatasetReader,
+    Entry,
+    Sample,
+    check_sample,
+    masks_from_labels,
+    read_label_png,
+    read_rgb,
+)
 from usam.errors import SampleError, UsamError
 
 
@@ -186,3 +195,183 @@ def test_masks_from_labels():
     np.testing.assert_array_equal(masks[1], [[False, True, True], [False, False, False]])
     np.testing.assert_array_equal(masks[4], [[False, False, False], [False, True, False]])
     assert sorted(masks_from_labels(lab)) == [1, 4, 255]
+
+
+# -- from the mutation run (docs/testing.md) --------------------------------------------------
+
+
+def test_refusals_name_the_option_and_the_value(root):
+    with pytest.raises(UsamError) as err:
+        Videos(root=root, split="test", name="toy")
+    assert str(err.value) == (
+        "dataset 'toy' has no split 'test'; it has: train, val (usam names splits train/val/test)"
+    )
+
+    class NoSplits(Videos):
+        splits: ClassVar[dict[str, str]] = {}
+
+    with pytest.raises(UsamError, match="has no split 'val'; it has: none "):
+        NoSplits(root=root)
+    with pytest.raises(UsamError, match=r"^dataset\.sample must be >= 1, got 0$"):
+        Videos(root=root, sample=0)
+    with pytest.raises(UsamError, match=r"^need 0 <= shard\.index < shard\.count, got 2 / 2$"):
+        Videos(root=root, shard_index=2, shard_count=2)
+    for bad in ("many", None, 0):
+        with pytest.raises(UsamError) as err:
+            Videos(root=root, max_instances=bad)
+        assert str(err.value) == f"dataset.max_instances must be an integer >= 1, got {bad!r}"
+
+
+def test_start_and_end_slice_the_subsampled_list_before_sharding(root):
+    # every 5th image: 000 005 010 015 020; start=1, end=4 keeps 005 010 015
+    names = [e.name for e in Stills(root=root, sample=5, start=1, end=4).entries]
+    assert names == ["img005.jpg", "img010.jpg", "img015.jpg"]
+    shards = [
+        [e.name for e in Stills(root=root, sample=5, start=1, end=4, shard_index=i, shard_count=2)]
+        for i in range(2)
+    ]
+    assert shards == [["img005.jpg"], ["img010.jpg", "img015.jpg"]]
+    assert len(Stills(root=root, start=20)) == 3  # end=None: to the end
+
+
+def test_instance_cap_keeps_a_count_equal_to_it_and_skips_more(root, caplog):
+    # frame f has f % 3 instances: with a cap of 1, the frames with 2 are skipped
+    r = Videos(root=root, max_instances=1)
+    with caplog.at_level(logging.WARNING):
+        names = [s.name for s in r]
+    assert names == ["v0/0", "v0/1", "v0/3", "v0/4", "v0/6", "v1/0", "v1/1"] + [
+        f"v2/{f}" for f in (0, 1, 3, 4, 6, 7, 9)
+    ]
+    why = (
+        "2 instances, more than dataset.max_instances=1 "
+        "(not a label map of objects? raise the cap if it is)"
+    )
+    assert r.stats.unreadable[0] == {"file": "v0/2", "reason": why}
+    assert len(r.stats.unreadable) == 6 and f"skipping v0/2: {why}" in caplog.messages
+    assert len(list(Videos(root=root, max_instances=2))) == 20
+
+
+def test_skip_indexed_counts_once_over_the_shards_or_raises_when_strict(root, caplog):
+    first, second = (Videos(root=root, shard_index=i, shard_count=2) for i in range(2))
+    with caplog.at_level(logging.WARNING):
+        first.skip_indexed("/data/a.json", "annotation 7 has no image")
+        second.skip_indexed("/data/a.json", "annotation 7 has no image")
+    assert first.stats.unreadable == [
+        {"file": "/data/a.json", "reason": "annotation 7 has no image"}
+    ]
+    assert second.stats.unreadable == []
+    assert caplog.messages == ["skipping /data/a.json: annotation 7 has no image"] * 2
+    strict = Videos(root=root, strict=True)
+    with pytest.raises(SampleError) as err:
+        strict.skip_indexed("/data/a.json", "annotation 7 has no image")
+    assert (err.value.path, err.value.reason) == ("/data/a.json", "annotation 7 has no image")
+
+
+def test_name_problem_require_and_content_settings(root):
+    r = Videos(root=root)
+    assert r.name_problem("v0/3.jpg") is None
+    assert (
+        r.name_problem("v0/../../x") == "'v0/../../x' leaves the dataset root (has '..' segments)"
+    )
+    assert r.require(root, "the root") == root
+    with pytest.raises(UsamError) as err:
+        r.require(root / "lists", "video lists")
+    assert str(err.value) == f"{root / 'lists'} not found (video lists); expected <toy>"
+    assert r.content_settings() == {}
+
+
+def test_stats_report_dropped_parts_by_reason(root):
+    r = Videos(root=root)
+    r.stats.dropped["polygon under 6 numbers"] += 2
+    r.stats.dropped["crowd"] += 1
+    assert r.stats.as_dict()["dropped"] == {"polygon under 6 numbers": 2, "crowd": 1}
+
+
+def test_read_rgb_gives_three_channels_or_names_the_file(tmp_path, monkeypatch):
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(grey, mode="L").save(tmp_path / "g.png")
+    rgb = read_rgb(tmp_path / "g.png")
+    assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb[..., 2], grey)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(SampleError) as err:
+        read_rgb(tmp_path / "bad.jpg")
+    assert err.value.path == str(tmp_path / "bad.jpg")
+    assert err.value.reason.startswith("unreadable image (")
+    # over twice PIL's pixel limit is an error, not a warning: 12 px > 2 * 5
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5)
+    with pytest.raises(SampleError) as err:
+        read_rgb(tmp_path / "g.png")
+    assert err.value.reason.startswith("image too large: ")
+    assert err.value.reason.endswith(
+        " (PIL's decompression-bomb guard: Image.MAX_IMAGE_PIXELS=5; "
+        "raise it in your own code if the file is genuine)"
+    )
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "1"])
+def test_read_label_png_returns_the_raw_ids(tmp_path, mode):
+    ids = np.array([[0, 3, 3], [7, 0, 1]], np.uint8)
+    if mode == "1":
+        ids = ids > 2
+    Image.fromarray(ids, mode="L" if mode != "1" else None).convert(mode).save(tmp_path / "m.png")
+    got = read_label_png(tmp_path / "m.png")
+    assert got.shape == (2, 3) and np.array_equal(got.astype(np.uint8), ids.astype(np.uint8))
+
+
+def test_read_label_png_refuses_colour_and_broken_masks(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(SampleError) as err:
+        read_label_png(tmp_path / "rgb.png")
+    assert (err.value.path, err.value.reason) == (
+        str(tmp_path / "rgb.png"),
+        "mask is a RGB image; expected a palette (P) or 8-bit single-channel (L) PNG "
+        "whose pixel values are ids",
+    )
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(SampleError, match=r"cut\.png: unreadable mask \("):
+        read_label_png(tmp_path / "cut.png")
+    Image.fromarray(np.zeros((3, 4), np.uint8), mode="L").save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5)
+    with pytest.raises(SampleError, match=r"big\.png: mask too large: .*MAX_IMAGE_PIXELS=5;"):
+        read_label_png(tmp_path / "big.png")
+
+
+def test_shape_errors_name_the_entry_and_bool_masks_are_not_copied(root):
+    class Skewed(Videos):
+        def load(self, entry):
+            sample = super().load(entry)
+            if entry.name == "v1/2":
+                sample.masks[2] = np.zeros((5, 4), bool)  # transposed
+            return sample
+
+    r = Skewed(root=root, strict=True)
+    entry = next(e for e in r.entries if e.name == "v1/2")
+    with pytest.raises(SampleError) as err:
+        r.try_load(entry)
+    assert (err.value.path, err.value.reason) == ("v1/2", "mask of instance 2 is 4x5, image is 5x4")
+    with pytest.raises(SampleError) as err:
+        check_sample(Sample(np.zeros((4, 5), np.uint8), {}, "b.jpg", "b"), "b.jpg")
+    assert err.value.path == "b.jpg"
+    # masks that are bool already are kept as they are (no copy of every mask per image)
+    mask = np.eye(4, 5, dtype=bool)
+    sample = Sample(np.zeros((4, 5, 3), np.uint8), {7: mask}, "c.jpg", "c")
+    check_sample(sample, "c.jpg")
+    assert sample.masks[7] is mask
+
+
+def test_the_default_instance_cap_is_1000(root):
+    r = Videos(root=root)
+    r.check_count(1000, "a.png")
+    with pytest.raises(SampleError, match="1001 instances, more than dataset.max_instances=1000"):
+        r.check_count(1001, "a.png")
+
+
+def test_too_large_files_keep_pils_reason_and_their_path(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((3, 4), np.uint8), mode="L").save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5)
+    for read, what in ((read_rgb, "image"), (read_label_png, "mask")):
+        with pytest.raises(SampleError) as err:
+            read(tmp_path / "big.png")
+        assert err.value.path == str(tmp_path / "big.png")
+        assert err.value.reason.startswith(f"{what} too large: Image size (12 pixels) exceeds")

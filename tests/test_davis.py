@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 from PIL import Image
-from video_trees import labels, make_davis, write_png
+from video_trees import labels, make_davis, write_jpg, write_png
 
 from usam.datasets.davis import Davis, davis_palette
 from usam.errors import SampleError, UsamError
@@ -276,3 +277,107 @@ def test_instantiate_from_config(tree, compose_cfg):
     for s in r:
         for oid, m in s.masks.items():
             np.testing.assert_array_equal(m, expected[s.name] == oid)
+
+
+# -- from the mutation run (docs/testing.md) --------------------------------------------------
+
+
+def add_video(root: Path, video: str, stems: list[str], split: str = "val") -> None:
+    """Frames named by `stems` (each annotated with object 1 in its own place), listed in
+    the split after the videos already there."""
+    for k, stem in enumerate(stems):
+        write_jpg(root / "JPEGImages/480p" / video / f"{stem}.jpg", 16, 20, seed=k)
+        write_png(root / "Annotations/480p" / video / f"{stem}.png", labels(16, 20, k, (1,)))
+    with (root / "ImageSets/2017" / f"{split}.txt").open("a") as f:
+        f.write(f"{video}\n")
+
+
+def test_frames_are_ordered_by_number_and_unnumbered_ones_by_position(tree):
+    root, _ = tree
+    # unpadded numbers with a gap: the name order (10, 8, 9) is not the frame order
+    add_video(root, "ants", ["8", "10", "9"])
+    add_video(root, "bees", ["c", "a", "b"])  # no numbers: position among the sorted names
+    # a stray file beside the masks is not a frame
+    (root / "Annotations/480p/ants/notes.txt").write_text("not a mask")
+    r = reader(root, split="val")
+    got = [(e.name, e.index_in_group) for e in r.entries if e.group != "dog"]
+    assert got == [
+        ("JPEGImages/480p/ants/8.jpg", 8),
+        ("JPEGImages/480p/ants/9.jpg", 9),
+        ("JPEGImages/480p/ants/10.jpg", 10),
+        ("JPEGImages/480p/bees/a.jpg", 0),
+        ("JPEGImages/480p/bees/b.jpg", 1),
+        ("JPEGImages/480p/bees/c.jpg", 2),
+    ]
+    samples = [s for s in r if s.group != "dog"]
+    assert [s.group for s in samples] == ["ants"] * 3 + ["bees"] * 3
+
+
+def test_samples_carry_their_video_as_group(tree):
+    root, _ = tree
+    assert [s.group for s in reader(root, split="train")] == ["bear"] * 5 + ["cows"] * 3
+
+
+def test_unusable_listed_videos_are_counted_with_file_and_reason(tree, caplog):
+    root, _ = tree
+    (root / "Annotations/480p/empty").mkdir()
+    (root / "JPEGImages/480p/empty").mkdir()
+    (root / "ImageSets/2017/val.txt").write_text("ghost\n../dog\nempty\ndog\n")
+    r = reader(root, split="val")
+    with caplog.at_level(logging.WARNING):
+        assert len(r) == 4
+    list_file = str(root / "ImageSets/2017/val.txt")
+    want = [
+        (str(root / "JPEGImages/480p/ghost"), "video 'ghost' is listed but its folder is missing"),
+        (list_file, "video '../dog' leaves the dataset root (has '..' segments); skipped"),
+        (str(root / "Annotations/480p/empty"), "video 'empty' has no annotated frame (.png)"),
+    ]
+    assert r.stats.unreadable == [{"file": f, "reason": why} for f, why in want]
+    logged = [rec.getMessage() for rec in caplog.records]
+    assert logged == [f"skipping video {f}: {why}" for f, why in want]
+    for video, (path, why) in zip(["ghost", "../dog", "empty"], want, strict=True):
+        (root / "ImageSets/2017/val.txt").write_text(f"{video}\ndog\n")
+        with pytest.raises(SampleError) as err:
+            _ = reader(root, split="val", strict=True).entries
+        assert (err.value.path, err.value.reason) == (path, why)
+
+
+def test_a_mask_with_channels_is_refused_naming_it(tree, monkeypatch):
+    # read_label_png returns 2-D ids for every mode it accepts; the check guards the shape
+    # contract in case it ever lets another mode through
+    root, _ = tree
+    monkeypatch.setattr("usam.datasets.davis.read_label_png", lambda p: np.zeros((16, 20, 2)))
+    r = reader(root, split="val", strict=True)
+    with pytest.raises(SampleError) as err:
+        r.try_load(r.entries[0])
+    assert err.value.path == str(root / "Annotations/480p/dog/00000.png")
+    assert err.value.reason == "mask has shape (16, 20, 2), expected one channel of ids"
+
+
+def test_resolution_errors_list_what_is_there(tree):
+    root, _ = tree
+    (root / "JPEGImages/1080p").mkdir()
+    with pytest.raises(UsamError, match=r"Full-Resolution not found; found: 1080p, 480p \(set"):
+        Davis(root=root, split="train")
+    shutil.rmtree(root / "JPEGImages")
+    with pytest.raises(UsamError) as err:
+        reader(root, split="train")
+    assert str(err.value).startswith(f"{root / 'JPEGImages/480p'} not found; expected <root>/")
+    (root / "ImageSets/2017/train.txt").unlink()
+    with pytest.raises(UsamError, match=r"train\.txt not found \(video list of the split\)"):
+        reader(root, split="train")
+
+
+def test_an_undecodable_video_list_is_named(tree):
+    root, _ = tree
+    (root / "ImageSets/2017/val.txt").write_bytes(b"dog\n\xff\xfe\n")
+    with pytest.raises(UsamError, match=r"^cannot read the video list .*val\.txt \("):
+        _ = reader(root, split="val").entries
+
+
+def test_palette_bits_are_spread_over_red_green_and_blue():
+    # colour i reverses the bits of i into r (bits 0, 3, 6), g (1, 4, 7), b (2, 5): id 32
+    # has only bit 5 set, the second blue bit -> b = 64; id 20 = bits 2 and 4 -> (0, 64, 128)
+    pal = davis_palette()
+    assert pal[32 * 3 : 33 * 3] == [0, 0, 64]
+    assert pal[20 * 3 : 21 * 3] == [0, 64, 128]

@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 
 from usam.cli import user_error
 from usam.datasets.base import Sample
+from usam.errors import UsamError
 from usam.extract import Extractor, RecordWriter, run
 from usam.sam import Decoded
 
@@ -614,3 +615,353 @@ def test_flip_variant_maps_points_forward_and_masks_and_maps_back(tmp_path):
     assert float((mirror * np.vectorize(h)(mirror)).sum() / mirror.sum()) != pytest.approx(
         h_map, abs=1e-3
     )
+
+
+# -- RecordWriter: pairs, settings, resume (from the mutation run, docs/testing.md) ----------
+SETTINGS = {"seed": 0, "models": ["tiny", "large"], "n_samples": 7}
+
+
+def writer_with(root: Path, settings: dict | None = SETTINGS) -> RecordWriter:
+    w = RecordWriter(root=root, dataset="davis", split="val")
+    w.settings = settings
+    return w
+
+
+def test_record_pair_carries_its_provenance_and_the_digest_of_its_tensors(tmp_path):
+    import hashlib
+
+    w = writer_with(tmp_path)
+    tensors = {"tiny/original/iou_token": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    path = w.write("v/00003.jpg", {"name": "v/00003.jpg", "instances": []}, tensors)
+    assert path == tmp_path / "v" / "00003.json"
+    rec = json.loads(path.read_text())
+    digest = hashlib.sha256((tmp_path / "v" / "00003.safetensors").read_bytes()).hexdigest()
+    assert rec == {
+        "schema": rec["schema"],
+        "kind": "usam.record",
+        "dataset": "davis",
+        "split": "val",
+        "name": "v/00003.jpg",
+        "instances": [],
+        "settings": SETTINGS,
+        "tensors_sha256": digest,
+    }
+    assert w.read("v/00003.jpg") == rec
+    assert w.done("v/00003.jpg") and not w.done("v/00004.jpg")
+    got = read_tensors(tmp_path / "v" / "00003.safetensors")
+    assert np.array_equal(got["tiny/original/iou_token"], tensors["tiny/original/iou_token"])
+
+
+def test_done_is_false_for_half_pairs_foreign_or_broken_records(tmp_path, caplog):
+    w = writer_with(tmp_path)
+    for stem in ("a", "b", "c", "d"):
+        w.write(f"{stem}.jpg", {"name": f"{stem}.jpg"}, {"x": np.zeros(2, np.float32)})
+    (tmp_path / "a.safetensors").unlink()  # JSON without its tensors
+    (tmp_path / "b.json").write_text(json.dumps({"kind": "usam.container"}))  # not a record
+    (tmp_path / "c.json").write_text("{ cut")  # a JSON cut short
+    (tmp_path / "d.safetensors").write_bytes(b"other bytes")  # not the tensors described
+    with caplog.at_level("WARNING", logger="usam.extract"):
+        assert [w.done(f"{s}.jpg") for s in "abcd"] == [False] * 4
+    assert any(m.endswith("; extracting it again") and "c.json" in m for m in caplog.messages)
+    d_json, d_st = tmp_path / "d.json", tmp_path / "d.safetensors"
+    assert f"{d_st} is not the file {d_json} describes" in caplog.text
+    # a half pair is what an interrupted write leaves: redone without a warning
+    assert not any("a.json" in m or "a.safetensors" in m for m in caplog.messages)
+    # a writer whose settings were never set accepts any complete record
+    w.write("e.jpg", {"name": "e.jpg"}, {})
+    assert RecordWriter(root=tmp_path, dataset="d", split="val").done("e.jpg")
+
+
+def test_resuming_over_other_settings_names_what_differs(tmp_path):
+    writer_with(tmp_path).write("v/1.jpg", {"name": "v/1.jpg"}, {})
+    # seed differs, models are the same, image_size is new (None in the old record)
+    later = writer_with(tmp_path, {**SETTINGS, "seed": 3, "image_size": 1024})
+    with pytest.raises(UsamError) as err:
+        later.done("v/1.jpg")
+    assert str(err.value) == (
+        f"{tmp_path / 'v' / '1.json'} was extracted with other settings "
+        "(image_size: None there, 1024 now; seed: 0 there, 3 now); "
+        f"resuming would mix the two in {tmp_path}: choose another out_dir, or pass "
+        "extractor.resume=false to recompute and replace its records"
+    )
+    with pytest.raises(UsamError, match=r"1\.json was extracted with other settings \(image_size"):
+        later.check_existing()
+    writer_with(tmp_path, None).write("v/1.jpg", {"name": "v/1.jpg"}, {})  # no settings kept
+    with pytest.raises(UsamError, match="by a usam that did not record its settings; resuming"):
+        writer_with(tmp_path).check_existing()
+    assert writer_with(tmp_path, None).done("v/1.jpg")  # no settings to compare: accepted
+
+
+def test_check_existing_compares_the_first_record_in_sorted_order(tmp_path):
+    w = writer_with(tmp_path)
+    w.write("b/1.jpg", {"name": "b/1.jpg"}, {})
+    other = writer_with(tmp_path, {**SETTINGS, "seed": 5})
+    other.write("c/1.jpg", {"name": "c/1.jpg"}, {})
+    # neither hidden folders and files, nor JSON that is not a record, nor broken JSON count
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "x.json").write_text(json.dumps({"kind": "usam.record"}))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".hidden.json").write_text(json.dumps({"kind": "usam.record"}))
+    (tmp_path / "a" / "0.json").write_text("{ cut")
+    (tmp_path / "a" / "1.json").write_text(json.dumps({"kind": "usam.summary"}))
+    (tmp_path / "a" / "2.txt").write_text("{}")
+    w.check_existing()  # b/1.json comes first and matches; c/1.json is never read
+    with pytest.raises(UsamError, match=r"b/1\.json was extracted with other settings"):
+        writer_with(tmp_path, {**SETTINGS, "seed": 5}).check_existing()
+    writer_with(tmp_path / "nothing-yet").check_existing()  # no out_dir yet: nothing to check
+
+
+def test_record_names_may_not_leave_the_output_folder(tmp_path):
+    w = writer_with(tmp_path)
+    with pytest.raises(UsamError, match=r"record name \(image '\.\./x\.jpg'\) '\.\./x\.jpg'"):
+        w.stem("../x.jpg")
+    assert w.stem("v/a.PNG") == tmp_path / "v" / "a"  # image suffixes in any case are dropped
+    assert w.stem("v/a.npz") == tmp_path / "v" / "a.npz"  # anything else is kept
+
+
+# -- scores and tokens per prompt (from the mutation run, docs/testing.md) ---------------------
+def prompt_scores(x: float, y: float) -> list[float]:
+    """ScoreModel's SAM scores of masks 0..2 for a prompt at (x, y): the top mask moves with
+    the prompt, and the values differ between prompts."""
+    return [0.1 + 0.3 * ((j + int(x) + 2 * int(y)) % 3) + 0.01 * y for j in range(3)]
+
+
+def prompt_masks(x: float, y: float) -> list[np.ndarray]:
+    """PointModel's three single-point masks for a prompt at (x, y)."""
+    jb = int(x + y) % 3
+    masks = [np.zeros((H, W), bool) for _ in range(3)]
+    masks[jb][:, :4] = True
+    masks[(jb + 1) % 3][:] = True
+    return masks
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+class ScoreModel(PointModel):
+    """PointModel whose scores (`prompt_scores`) and tokens depend on the prompt: the mask
+    tokens of a prompt at (x, y) start with 100 x + y + 1000 j for mask j. Keeps the labels
+    it is given."""
+
+    def __init__(self, size: str, gain: float):
+        super().__init__(size, gain)
+        self.labels: list[np.ndarray] = []
+
+    def decode(self, points, labels) -> Decoded:
+        self.labels.append(labels)
+        dec = super().decode(points, labels)
+        xy = torch.as_tensor(np.asarray(points[:, 0]), dtype=torch.float32)
+        tokens = 100 * xy[:, 0, None] + xy[:, 1, None] + 1000 * torch.arange(3.0)
+        return Decoded(
+            masks=dec.masks,
+            # float64, as a model in another precision gives: records hold float32 anyway
+            scores=torch.tensor(
+                [prompt_scores(*p) for p in np.asarray(points[:, 0])], dtype=torch.float64
+            ),
+            low_res_probs=dec.low_res_probs,
+            iou_token=dec.iou_token,
+            mask_tokens=tokens[..., None].expand(-1, 3, 256).clone(),
+        )
+
+
+def test_scores_and_tokens_come_from_the_centre_prompt_of_each_instance(tmp_path):
+    from usam.augment import Augmentations
+
+    other = np.zeros((H, W), bool)
+    other[1:, 4:] = True  # the right half without its top row
+    gts = {4: GT, 6: other}
+    sample = Sample(np.full((H, W, 3), 99, np.uint8), gts, name="u.jpg", group="u")
+    model = ScoreModel("tiny", 1.0)
+    ex = Extractor(
+        models=FakeModels([model]),
+        augment=Augmentations(),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+    )
+    record, tensors = ex.process(sample)
+    x = record["fields"]["tiny"]["original"]
+    tops = []
+    for i, inst in enumerate(record["instances"]):
+        pts = inst["points"]
+        scores = [prompt_scores(*p) for p in pts]
+        ious = [[iou(m, gts[inst["id"]]) for m in prompt_masks(*p)] for p in pts]
+        best, top = int(np.argmax(ious[0])), int(np.argmax(scores[0]))
+        tops.append(top)
+        # the data discriminate: prompt 1 ranks or scores the masks otherwise than the centre
+        assert int(np.argmax(scores[1])) != top and scores[1][best] != scores[0][best]
+        assert x["best"][i] == best
+        assert x["sam_score"][i] == pytest.approx(scores[0][best])
+        assert x["unsupervised_iou"][i] == pytest.approx(ious[0][top])
+        assert x["unsupervised_sam_score"][i] == pytest.approx(scores[0][top])
+        assert list(x["scores"][i]) == pytest.approx(scores[0])
+        assert list(x["ious"][i]) == pytest.approx(ious[0])
+        # h_task mixes the centre prompt's three maps with its own normalised scores
+        cx, cy = pts[0]
+        jb = int(cx + cy) % 3
+        maps = np.empty(3)
+        maps[jb], maps[(jb + 1) % 3], maps[(jb + 2) % 3] = (
+            best_value(cx, cy, 1.0),
+            FULL_MAP,
+            EMPTY_MAP,
+        )
+        w = np.array(scores[0]) / sum(scores[0])
+        assert x["h_task"][i] == pytest.approx(h(float(w @ maps)), abs=1e-5)
+        want = [100 * cx + cy + 1000 * j for j in range(3)]
+        assert list(tensors["tiny/original/mask_tokens"][i, :, 0]) == pytest.approx(want)
+    assert tops[0] != tops[1]  # one top mask per instance, not one for the image
+    assert x["best"].dtype == np.int64
+    assert {k: v.dtype for k, v in x.items() if k != "best"} == dict.fromkeys(
+        set(x) - {"best"}, np.float32
+    )
+    # single-point prompts are decoded with labels (b, 1), dense ones with (b, 8): all ones
+    assert [lab.shape for lab in model.labels] == [(5, 1), (5, 1), (5, 1), (1, 1), (2, 8)]
+    assert all(lab.dtype == np.int64 and (lab == 1).all() for lab in model.labels)
+
+
+def test_extractor_defaults_prefetch_auto_and_refusals(tmp_path):
+    writer = RecordWriter(root=tmp_path, dataset="d", split="val")
+
+    def make(models, **kw):
+        return Extractor(models=FakeModels(models), augment=TwoVariants(), writer=writer, **kw)
+
+    ex = make([FakeModel("tiny", 1.0)])
+    assert (ex.seed, ex.n_samples, ex.resume, ex.prefetch, ex.images_per_call) == (0, 7, True, 0, 1)
+    assert (make([], prefetch=3, images_per_call="4").prefetch, ex.images_per_call) == (3, 1)
+    assert make([], images_per_call="4").images_per_call == 4
+    # auto: read ahead when any model is on a GPU; a model without `device` counts as CPU
+    gpu = FakeModel("large", 1.0)
+    gpu.device = torch.device("cuda")
+    assert make([FakeModel("tiny", 1.0), gpu], prefetch="auto").prefetch == 2
+    assert make([FakeModel("tiny", 1.0), object()], prefetch="auto").prefetch == 0
+    for prefetch, per_call in [(-1, 1), ("many", 1), (True, 1), (0, 0)]:
+        with pytest.raises(UsamError) as err:
+            make([], prefetch=prefetch, images_per_call=per_call)
+        assert str(err.value) == (
+            "extractor.prefetch must be auto or >= 0 and extractor.images_per_call >= 1, "
+            f"got {prefetch!r} and {per_call}"
+        )
+
+
+def test_prompts_per_instance_follow_n_samples(tmp_path):
+    other = np.zeros((H, W), bool)
+    other[1:, 4:] = True
+    sample = Sample(
+        np.zeros((H, W, 3), np.uint8), {6: other, 4: GT, 5: np.zeros((H, W), bool)}, "a.jpg", "a"
+    )
+    ex = Extractor(
+        models=FakeModels([]),
+        augment=TwoVariants(),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+        n_samples=3,
+    )
+    ids, points = ex.prompts(sample)
+    assert ids == [4, 6] and points.shape == (2, 4, 2)  # sorted, the empty mask left out
+    assert GT[int(points[0, 0, 1]), int(points[0, 0, 0])]  # instance 4's centre is on its mask
+    ids, points = ex.prompts(Sample(sample.image, {5: sample.masks[5]}, "e.jpg", "e"))
+    assert ids == [] and points.shape == (0, 4, 2) and points.dtype == np.float32
+
+
+class BatchedModel(FakeModel):
+    """FakeModel with SAM 2's batch encoding: one call encodes several images."""
+
+    def set_images(self, images):
+        self.encoder_passes += len(images)
+        self.c0s = [float(im.mean()) / 255 * self.gain for im in images]
+
+    def use_image(self, i):
+        self.c0 = self.c0s[i]
+
+
+class KeyedVariants(TwoVariants):
+    """TwoVariants that records (variant, key) of every call."""
+
+    def __init__(self):
+        self.keys: list[tuple[str, str | None]] = []
+
+    def __iter__(self):
+        for name, apply in super().__iter__():
+
+            def keyed(img, pts, key=None, apply=apply, name=name):
+                self.keys.append((name, key))
+                return apply(img, pts)
+
+            yield name, keyed
+
+
+def test_two_images_in_one_encoder_call_give_the_records_of_each_alone(tmp_path):
+    right = np.zeros((H, W), bool)
+    right[:, 5:] = True
+    a = Sample(np.full((H, W, 3), 204, np.uint8), {3: GT}, "a.jpg", "a")
+    b = Sample(np.full((H, W, 3), 102, np.uint8), {3: GT, 8: right}, "b.jpg", "b")
+
+    def extractor():
+        return Extractor(
+            models=FakeModels([BatchedModel("tiny", 1.0), BatchedModel("large", 0.5)]),
+            augment=KeyedVariants(),
+            writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+        )
+
+    ex = extractor()
+    # given prompts are used as they are (b's: the sampled ones, a's: its own points)
+    pa = ([3], np.full((1, 8, 2), 1.0, np.float32))
+    both = ex.process_many([a, b], [pa, None])
+    alone = [extractor().process(a, pa), extractor().process(b)]
+    assert both[0][0]["instances"][0]["points"] == [[1.0, 1.0]] * 8
+    for (rec, tensors), (rec1, tensors1) in zip(both, alone, strict=True):
+        assert json.dumps(rec, default=np.ndarray.tolist) == json.dumps(
+            rec1, default=np.ndarray.tolist
+        )
+        assert tensors.keys() == tensors1.keys()
+        assert all(np.array_equal(tensors[k], tensors1[k]) for k in tensors)
+    # the data discriminate: the two images give other numbers
+    fa, fb = both[0][0]["fields"]["tiny"]["original"], both[1][0]["fields"]["tiny"]["original"]
+    assert fa["entropy"][0] != pytest.approx(fb["entropy"][0], abs=1e-3)
+    # every variant is made with the image's name as its random key
+    assert ex.augment.keys == [
+        ("original", "a.jpg"),
+        ("original", "b.jpg"),
+        ("dark", "a.jpg"),
+        ("dark", "b.jpg"),
+    ]
+
+
+def test_record_header_names_the_image_its_size_and_what_made_it(tmp_path):
+    ex = Extractor(
+        models=FakeModels([FakeModel("tiny", 1.0), FakeModel("large", 0.5)]),
+        augment=TwoVariants(),
+        writer=RecordWriter(root=tmp_path, dataset="d", split="val"),
+    )
+    record, tensors = ex.process(Sample(np.zeros((4, 6, 3), np.uint8), {}, "v/e.jpg", "v"))
+    assert record == {
+        "name": "v/e.jpg",
+        "group": "v",
+        "width": 6,
+        "height": 4,
+        "sam_version": "fake",
+        "random_weights": True,
+        "models": ["tiny", "large"],
+        "variants": ["original", "dark"],
+        "instances": [],
+        "fields": {},
+    }
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_on_the_first_visit(tmp_path):
+    import os
+
+    (tmp_path / "v").mkdir()
+    stale = tmp_path / "v" / ".00003.json.tmp-x"  # no owner in the name: stale by its age
+    stale.write_text("{")
+    os.utime(stale, (0, 0))
+    fresh = tmp_path / "v" / ".00004.json.tmp-y"  # recent: may be a live shard's
+    fresh.write_text("{")
+    assert not writer_with(tmp_path).done("v/00003.jpg")
+    assert not stale.exists() and fresh.exists()
+
+
+def test_check_existing_reads_past_other_files_in_the_first_folder(tmp_path):
+    writer_with(tmp_path).write("b/2.jpg", {"name": "b/2.jpg"}, {})
+    (tmp_path / "b" / "0.json").write_text("{ cut")  # broken JSON before the record
+    (tmp_path / "b" / "1.txt").write_text("{}")  # and a file that is not JSON
+    with pytest.raises(UsamError, match=r"2\.json was extracted with other settings"):
+        writer_with(tmp_path, {**SETTINGS, "seed": 5}).check_existing()
