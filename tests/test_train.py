@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -586,6 +587,16 @@ def test_mlp_architecture_is_recorded_in_full():
     assert model(x).shape == (4,) and torch.equal(model(x.view(4, 2, 3)), model(x))
 
 
+def test_mlp_widths_of_one_are_the_smallest_allowed():
+    # one input and one hidden unit build; zero of either is refused with its key
+    tiny = UsamMLP(in_features=1, hidden=[1, 2])
+    assert tiny(torch.ones(3, 1)).shape == (3,)
+    with pytest.raises(UsamError, match=r"^in_features must be a whole number >= 1, got 0$"):
+        UsamMLP(in_features=0)
+    with pytest.raises(UsamError, match=r"^hidden\[1\] must be a whole number >= 1, got 0$"):
+        UsamMLP(hidden=[4, 0])
+
+
 def test_mlp_bundle_lands_in_new_nested_folders_with_pt_metadata(tmp_path):
     from safetensors import safe_open
 
@@ -639,8 +650,9 @@ def test_mlp_bundle_config_errors_name_the_file_and_the_problem(tmp_path, caplog
         load_bundle(_without(bundle_with(), "architecture"))
     d = bundle_with()
     (d / "model.safetensors").write_bytes(b"junk")
+    described_by = re.escape(str(d / "config.json"))
     with pytest.raises(
-        UsamError, match=r"model.safetensors is not the file .*; retrain the predictor"
+        UsamError, match=rf"model.safetensors is not the file {described_by} describes .*; retrain"
     ):
         load_bundle(d)
     # weights of another shape than the architecture says
@@ -700,6 +712,12 @@ def test_mlp_predictor_fields_and_defaults(tmp_path):
     assert loaded.directory == tmp_path / "b" and loaded.target == "model_gap"
     assert next(loaded.model.parameters()).device.type == "meta"
     assert next(load_bundle(tmp_path / "b", "meta")[0].parameters()).device.type == "meta"
+    # a bundle of other input and layer widths comes back as it was saved
+    odd = UsamMLP(in_features=6, hidden=[5, 3])
+    save_bundle(tmp_path / "odd", odd, {"target": "iou_tiny"})
+    back, _ = load_bundle(tmp_path / "odd")
+    x = torch.randn(4, 6)
+    assert back.architecture() == odd.architecture() and torch.equal(back(x), odd(x))
 
 
 # -- from the mutation run: usam.train (issue 16) --------------------------------------------
@@ -1049,3 +1067,48 @@ def test_pooled_containers_merge_their_meta_and_split_together(tmp_path):
 
     one = Container.open(a)
     assert merged_meta([one]) == one.meta and merged_meta([one]) is not one.meta
+
+
+def test_objective_hands_the_stacked_runner_its_settings_and_step(monkeypatch):
+    """Objective.many and Trainer.fit with a stacked step go to usam.stacked (tested there);
+    here: with what. torch.optim's "autograd" has no stacked twin: it runs as "eager"."""
+    import usam.stacked
+    from usam.train import Data, Objective
+
+    calls = []
+    monkeypatch.setattr(usam.stacked, "stacked_losses", lambda *a: calls.append(a) or [0.25])
+    monkeypatch.setattr(usam.stacked, "fit_one", lambda *a, **k: calls.append((a, k)) or "fit")
+    data = Data(torch.zeros(2, 4), torch.zeros(2), torch.zeros(1, 4), torch.zeros(1))
+    for step, passed in [("autograd", "eager"), ("compile", "compile")]:
+        trainer = Trainer(device="cpu", step=step)
+        objective = Objective(trainer, data, {"weight_decay": 0.5, "lr": 0.1})
+        assert objective.many([{"lr": 0.2}, {"epochs": 3}]) == [0.25]
+        assert calls.pop() == (
+            trainer,
+            data,
+            [{"weight_decay": 0.5, "lr": 0.2}, {"weight_decay": 0.5, "lr": 0.1, "epochs": 3}],
+            passed,
+        )
+    hp, val, on_epoch = {"lr": 0.1}, (data.x_val, data.y_val), print
+    assert (
+        Trainer(device="cpu", step="eager").fit(
+            data.x_train, data.y_train, hp, val=val, on_epoch=on_epoch
+        )
+        == "fit"
+    )
+    (args, kwargs) = calls.pop()
+    assert args[1:] == (data.x_train, data.y_train, hp) and args[0].step == "eager"
+    assert kwargs == {"val": val, "on_epoch": on_epoch}
+
+
+def test_objective_scores_a_non_finite_validation_loss_as_the_worst(monkeypatch):
+    """A fit whose last step sends the weights to NaN ends without Diverged, but its
+    validation MSE is NaN: the search must see 1.0 (the worst a sigmoid gives), not NaN."""
+    from usam.train import Data, Objective
+
+    data = Data(torch.zeros(2, 4), torch.zeros(2), torch.zeros(1, 4), torch.zeros(1))
+    trainer = Trainer(device="cpu")
+    monkeypatch.setattr(trainer, "fit", lambda x, y, hp: (None, []))
+    for mse, score in [(float("nan"), 1.0), (float("inf"), 1.0), (0.375, 0.375)]:
+        monkeypatch.setattr(trainer, "evaluate", lambda model, x, y, mse=mse: {"mse": mse})
+        assert Objective(trainer, data, {})({}) == score
