@@ -756,7 +756,7 @@ def test_an_untuned_dataset_gets_cocos_default_with_a_warning(caplog):
         "lr": 0.0087130695692,
         "momentum": 0.1639321491122,
     }
-    assert "no tuned hyperparameters for dataset 'lvis'; using COCO's default" in caplog.text
+    assert caplog.messages == ["no tuned hyperparameters for dataset 'lvis'; using COCO's default"]
     caplog.clear()
     with caplog.at_level("WARNING", logger="usam.train"):
         paper_hyperparameters("mose", "prompt_gap")  # borrows DAVIS's table: no warning
