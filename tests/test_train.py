@@ -1112,3 +1112,44 @@ def test_objective_scores_a_non_finite_validation_loss_as_the_worst(monkeypatch)
     for mse, score in [(float("nan"), 1.0), (float("inf"), 1.0), (0.375, 0.375)]:
         monkeypatch.setattr(trainer, "evaluate", lambda model, x, y, mse=mse: {"mse": mse})
         assert Objective(trainer, data, {})({}) == score
+
+
+def test_merged_meta_unions_in_first_seen_order_and_keeps_the_first_for_the_rest():
+    from types import SimpleNamespace
+
+    from usam.train import merged_meta
+
+    a = {
+        "datasets": ["davis"],
+        "sam_versions": ["sam2.0"],
+        "models": ["large", "tiny"],
+        "random_weights": False,
+        "rows": 6,
+    }
+    b = {
+        "datasets": ["coco", "davis"],
+        "sam_versions": ["sam2.1", "sam2.0"],
+        "models": ["tiny", "small"],
+        "random_weights": True,
+        "rows": 9,
+    }
+    c = {"datasets": None, "rows": 1}  # a meta without the lists or the flag
+    merged = merged_meta([SimpleNamespace(meta=m) for m in (a, c, b)])
+    assert merged == {
+        "datasets": ["davis", "coco"],
+        "sam_versions": ["sam2.0", "sam2.1"],
+        "models": ["large", "tiny", "small"],
+        "random_weights": True,
+        "rows": 6,  # every other field: the first container's
+    }
+    assert (
+        merged_meta([SimpleNamespace(meta=a), SimpleNamespace(meta=c)])["random_weights"] is False
+    )
+
+
+def test_an_unset_val_container_is_none_empty_or_the_word_none():
+    from usam.train import _unset
+
+    # Hydra hands `val_container=None` over as the string "None"
+    assert _unset(None) and _unset("") and _unset("None")
+    assert not _unset("none_dir") and not _unset("x") and not _unset(Path("v"))
