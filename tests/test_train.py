@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 
 from usam.container import Container, ContainerWriter
 from usam.errors import UsamError
-from usam.mlp import Estimator, UsamMLP, load_bundle, predict, save_bundle
+from usam.mlp import Estimator, UsamMLP, load_bundle, paired_token, predict, save_bundle
 from usam.synthetic import make_record, write_record
 from usam.train import (
     PAPER_DEFAULTS,
@@ -102,7 +103,9 @@ def linear(tmp_path_factory) -> Path:
     return linear_container(tmp / "records", tmp / "container")
 
 
-def hand_container(tmp_path: Path, *, groups: int = 4, augmented: bool = True) -> Path:
+def hand_container(
+    tmp_path: Path, *, groups: int = 4, augmented: bool = True, random_weights: bool = False
+) -> Path:
     """Two instances per image with hand-picked IoUs that exercise the gap shift and the clip."""
     root = tmp_path / "records"
     iou = {"tiny": [0.5, 0.25], "large": [0.75, 1.0]}
@@ -126,6 +129,7 @@ def hand_container(tmp_path: Path, *, groups: int = 4, augmented: bool = True) -
                 models=["tiny", "large"],
                 variants=variants,
                 fields=fields,
+                random_weights=random_weights,
             ),
         )
     out = tmp_path / "container"
@@ -560,3 +564,584 @@ def test_bundle_weights_are_the_fit_on_the_rows_it_claims(linear, tmp_path, refi
     want, other = (on_all, on_train) if refit_all else (on_train, on_all)
     assert torch.equal(flat(saved), flat(want))
     assert not torch.allclose(flat(saved), flat(other), atol=1e-4)
+
+
+# -- from the mutation run: usam.mlp (issue 16) ----------------------------------------------
+def test_mlp_architecture_is_recorded_in_full():
+    """The bundle's architecture block is what load_bundle rebuilds from and what a reader of
+    config.json sees; widths that differ per layer catch a swapped or dropped one."""
+    model = UsamMLP(in_features=6, hidden=[5, 3])
+    assert model.architecture() == {
+        "type": "mlp",
+        "in_features": 6,
+        "hidden": [5, 3],
+        "activation": "relu",
+        "output": "sigmoid",
+        "inputs": ["iou_token", "mask_token"],
+    }
+    shapes = [tuple(m.weight.shape) for m in model.net if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(5, 6), (3, 5), (1, 3)]
+    assert [type(m).__name__ for m in model.net][-3:] == ["ReLU", "Linear", "Sigmoid"]
+    # one value per row, from flat rows or from (iou token, mask token) pairs alike
+    x = torch.randn(4, 6)
+    assert model(x).shape == (4,) and torch.equal(model(x.view(4, 2, 3)), model(x))
+
+
+def test_mlp_widths_of_one_are_the_smallest_allowed():
+    # one input and one hidden unit build; zero of either is refused with its key
+    tiny = UsamMLP(in_features=1, hidden=[1, 2])
+    assert tiny(torch.ones(3, 1)).shape == (3,)
+    with pytest.raises(UsamError, match=r"^in_features must be a whole number >= 1, got 0$"):
+        UsamMLP(in_features=0)
+    with pytest.raises(UsamError, match=r"^hidden\[1\] must be a whole number >= 1, got 0$"):
+        UsamMLP(hidden=[4, 0])
+
+
+def test_mlp_bundle_lands_in_new_nested_folders_with_pt_metadata(tmp_path):
+    from safetensors import safe_open
+
+    bundle = tmp_path / "not" / "yet" / "there"
+    save_bundle(bundle, UsamMLP(hidden=[4]), {"target": "iou_tiny"})
+    with safe_open(str(bundle / "model.safetensors"), framework="pt") as f:
+        # other safetensors readers (transformers) take the file as torch's only with this tag
+        assert f.metadata() == {"format": "pt"}
+    config = json.loads((bundle / "config.json").read_text())
+    assert (config["schema"], config["kind"], config["token_pairing"]) == (
+        1,
+        "usam.predictor",
+        "usam",
+    )
+
+
+def test_mlp_bundle_without_its_weights_is_not_a_bundle(tmp_path):
+    save_bundle(tmp_path / "b", UsamMLP(hidden=[4]), {"target": "iou_tiny"})
+    (tmp_path / "b" / "model.safetensors").unlink()
+    with pytest.raises(UsamError, match=r"b is not an estimator bundle: it needs config.json and"):
+        load_bundle(tmp_path / "b")
+
+
+def test_mlp_bundle_config_errors_name_the_file_and_the_problem(tmp_path, caplog):
+    def bundle_with(**change):
+        d = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        save_bundle(d, UsamMLP(hidden=[4]), {"target": "iou_tiny"})
+        config = json.loads((d / "config.json").read_text())
+        config.update(change)
+        (d / "config.json").write_text(json.dumps(config))
+        return d
+
+    d = bundle_with()
+    (d / "config.json").write_text("[1, 2]")
+    with pytest.raises(UsamError, match=r"config.json: not a usam estimator config \(not a JSON"):
+        load_bundle(d)
+    with pytest.raises(
+        UsamError, match=r"config.json: not a usam estimator config of schema 1 \(kind='usam.x'"
+    ):
+        load_bundle(bundle_with(kind="usam.x"))
+    with pytest.raises(UsamError, match=r"kind='usam.predictor', schema=2\); retrain"):
+        load_bundle(bundle_with(schema=2))
+    with pytest.raises(
+        UsamError,
+        match=r"config.json: token_pairing 'early' is unknown; use one of usam, published",
+    ):
+        load_bundle(bundle_with(token_pairing="early"))
+    with pytest.raises(UsamError, match=r"config.json: unknown architecture 'cnn'"):
+        load_bundle(bundle_with(architecture={"type": "cnn"}))
+    with pytest.raises(UsamError, match=r"config.json: unknown architecture None"):
+        load_bundle(_without(bundle_with(), "architecture"))
+    d = bundle_with()
+    (d / "model.safetensors").write_bytes(b"junk")
+    described_by = re.escape(str(d / "config.json"))
+    with pytest.raises(
+        UsamError, match=rf"model.safetensors is not the file {described_by} describes .*; retrain"
+    ):
+        load_bundle(d)
+    # weights of another shape than the architecture says
+    d = bundle_with(architecture={**UsamMLP(hidden=[5]).architecture()})
+    with pytest.raises(
+        UsamError,
+        match=r"(?s)model.safetensors: cannot load weights \(.*size mismatch.*\); retrain",
+    ):
+        load_bundle(d)
+    # a bundle from before digests loads, with a warning naming its config
+    d = _without(bundle_with(), "weights_sha256")
+    with caplog.at_level("WARNING", logger="usam.mlp"):
+        model, _ = load_bundle(d)
+    assert (
+        f"{d / 'config.json'}: records no weights_sha256 (saved by an older usam): the weights "
+        "cannot be checked against it"
+    ) in caplog.text
+    assert model.hidden == [4]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="usam.mlp"):
+        load_bundle(bundle_with())
+    assert not caplog.records  # a bundle with its digest is checked, not warned about
+
+
+def _without(bundle: Path, key: str) -> Path:
+    config = json.loads((bundle / "config.json").read_text())
+    del config[key]
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def test_mlp_paired_token_by_hand():
+    # tokens that made the masks, every one of 0..3 and not in order
+    source = torch.tensor([[3, 1, 2], [0, 2, 1]])
+    assert paired_token(source, "usam").tolist() == [[3, 1, 2], [0, 2, 1]]
+    # one token early, token 0's own mask reads token 0
+    assert paired_token(source, "published").tolist() == [[2, 0, 1], [0, 1, 0]]
+    with pytest.raises(UsamError, match=r"token pairing 'early' is unknown; use one of usam, pub"):
+        paired_token(source, "early")
+
+
+def test_mlp_estimator_fields_and_defaults(tmp_path):
+    model = UsamMLP(hidden=[4])
+    bare = Estimator(model, {"target": "iou_large"})  # a config from before the optional fields
+    assert (bare.target, bare.shift, bare.pairing, bare.directory) == (
+        "iou_large",
+        0.0,
+        "usam",
+        None,
+    )
+    shifted = Estimator(
+        model, {"target": "task_gap", "output_shift": 0.5, "token_pairing": "published"}
+    )
+    assert (shifted.shift, shifted.pairing) == (0.5, "published")
+    save_bundle(tmp_path / "b", model, {"target": "model_gap", "output_shift": 0.5})
+    loaded = Estimator.load(tmp_path / "b", "meta")  # a device other than the default one
+    assert loaded.directory == tmp_path / "b" and loaded.target == "model_gap"
+    assert next(loaded.model.parameters()).device.type == "meta"
+    assert next(load_bundle(tmp_path / "b", "meta")[0].parameters()).device.type == "meta"
+    # a bundle of other input and layer widths comes back as it was saved
+    odd = UsamMLP(in_features=6, hidden=[5, 3])
+    save_bundle(tmp_path / "odd", odd, {"target": "iou_tiny"})
+    back, _ = load_bundle(tmp_path / "odd")
+    x = torch.randn(4, 6)
+    assert back.architecture() == odd.architecture() and torch.equal(back(x), odd(x))
+
+
+# -- from the mutation run: usam.train (issue 16) --------------------------------------------
+def test_paper_defaults_are_the_spec_table_row_by_row():
+    coco = (189, 36, 0.0087130695692, 0.1639321491122)
+    assert PAPER_DEFAULTS == {
+        "coco": {"default": coco, "iou_tiny": coco, "iou_large": (189, 35, *coco[2:])},
+        "davis": {
+            "default": coco,
+            "task_gap": (158, 55, 0.029406075389, 0.7093735218048),
+            "iou_base_plus": (130, 70, 0.0016774068549, 0.8908015870842),
+            "iou_small": (193, 70, 0.0024243301281, 0.8148493215442),
+            "iou_tiny": (151, 63, 0.0702736108729, 0.3075366146863),
+            "iou_large": (232, 42, 0.0164839636621, 0.1234703782399),
+            "model_gap": (235, 77, 0.0039678611351, 0.1280011787627),
+            "iou_dense_prompt": (62, 80, 0.0230261929437, 0.2442788582406),
+            "unsupervised_iou": (118, 57, 0.0343696361285, 0.8852591752),
+            "prompt_gap": (154, 40, 0.0008989134277, 0.5382621589924),
+        },
+        "sav": {"default": (193, 9, *coco[2:])},
+        "ade20k": {
+            "default": (106, 79, 0.0013075788956, 0.8303298246553),
+            "iou_tiny": (106, 79, 0.0013075788956, 0.8303298246553),
+            "task_gap": (208, 75, 0.0411114656149, 0.2459095045924),
+            "prompt_gap": (193, 70, 0.0024243301281, 0.8148493215442),
+        },
+    }
+
+
+def test_an_untuned_dataset_gets_cocos_default_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="usam.train"):
+        hp = paper_hyperparameters("lvis", "prompt_gap")
+    assert hp == {
+        "batch_size": 189,
+        "epochs": 36,
+        "lr": 0.0087130695692,
+        "momentum": 0.1639321491122,
+    }
+    assert caplog.messages == ["no tuned hyperparameters for dataset 'lvis'; using COCO's default"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="usam.train"):
+        paper_hyperparameters("mose", "prompt_gap")  # borrows DAVIS's table: no warning
+    assert not caplog.records
+
+
+def test_within_counts_an_error_exactly_at_the_threshold():
+    # float64 in: errors exactly 0.1, 0.05, 0.01 and just above each; 0.3 is within none
+    pred = torch.tensor(
+        [0.1, 0.05, 0.01, 0.3, 0.1000001, 0.0500001, 0.0100001], dtype=torch.float64
+    )
+    m = regression_metrics(pred, torch.zeros(7, dtype=torch.float64))
+    assert (m["within_0.1"], m["within_0.05"], m["within_0.01"]) == (5 / 7, 3 / 7, 1 / 7)
+
+
+def test_trainer_defaults_and_bad_options():
+    t = Trainer(device="cpu")
+    assert (t.seed, t.val_fraction, t.refit_all, t.eval_batch_size, t.progress, t.step) == (
+        0,
+        0.2,
+        True,
+        8192,
+        True,
+        "autograd",
+    )
+    for kwargs, message in [
+        ({"step": "jit"}, r"trainer.step='jit': choose autograd, eager, compile or cuda_graph"),
+        ({"val_fraction": 0.0}, r"trainer.val_fraction must be a number in \(0, 1\), got 0.0"),
+        ({"val_fraction": 1}, r"trainer.val_fraction must be a number in \(0, 1\), got 1"),
+        ({"seed": -1}, r"trainer.seed must be a whole number >= 0, got -1"),
+        ({"refit_all": "no"}, r"trainer.refit_all must be true or false, got 'no'"),
+        ({"eval_batch_size": 0}, r"trainer.eval_batch_size must be a whole number >= 1, got 0"),
+        ({"progress": 2}, r"trainer.progress must be true or false, got 2"),
+        ({"device": "tpu"}, r"device"),
+    ]:
+        with pytest.raises(UsamError, match=message):
+            Trainer(**kwargs)
+
+
+def test_hyperparameter_checks_name_the_key_and_the_range():
+    from usam.train import check_hyperparameters
+
+    for given, message in [
+        ({"batch_size": 0}, r"predictor.batch_size must be a whole number >= 1, got 0"),
+        ({"epochs": 0}, r"predictor.epochs must be a whole number >= 1, got 0"),
+        ({"lr": 0.0}, r"predictor.lr must be a number > 0, got 0.0"),
+        ({"momentum": 1.0}, r"predictor.momentum must be a number in \[0, 1\), got 1.0"),
+        ({"weight_decay": -1e-9}, r"predictor.weight_decay must be a number >= 0, got -1e-09"),
+        (
+            {"hidden": "512"},
+            r"predictor.hidden must be a list of layer widths such as \[512, 512\]",
+        ),
+        ({"augmented": "yes"}, r"predictor.augmented must be true or false, got 'yes'"),
+    ]:
+        with pytest.raises(UsamError, match=message):
+            check_hyperparameters(given)
+    # the edges that are allowed, converted to their types; None (= the paper's) passes
+    out = check_hyperparameters(
+        {
+            "batch_size": 1.0,
+            "epochs": 2,
+            "lr": 1e-9,
+            "momentum": 0,
+            "weight_decay": 0,
+            "hidden": (3.0, 2),
+            "augmented": True,
+            "target": "x",
+            "extra": None,
+        }
+    )
+    assert out == {
+        "batch_size": 1,
+        "epochs": 2,
+        "lr": 1e-9,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "hidden": [3, 2],
+        "augmented": True,
+        "target": "x",
+        "extra": None,
+    }
+    assert type(out["batch_size"]) is int and type(out["momentum"]) is float
+    assert check_hyperparameters({"lr": None, "epochs": None}, "p") == {"lr": None, "epochs": None}
+    with pytest.raises(UsamError, match=r"^hp.lr must"):
+        check_hyperparameters({"lr": -1}, "hp")
+
+
+def test_hidden_widths_and_the_parameter_cap_at_its_edge():
+    from usam.train import check_hidden
+
+    # 512 -> 1655 -> 56464 -> 100 -> 1 has exactly 100,000,000 parameters: allowed
+    assert check_hidden([1655, 56464, 100], "k") == [1655, 56464, 100]
+    with pytest.raises(
+        UsamError,
+        match=r"^k=\[1655, 56464, 101\]: 100,056,466 parameters, more "
+        r"than the 100,000,000 allowed$",
+    ):
+        check_hidden([1655, 56464, 101], "k")
+    # in_features counts: the same widths on 8 inputs are far under the cap
+    assert check_hidden([1655, 56464, 101], "k", in_features=8) == [1655, 56464, 101]
+    assert check_hidden([65536], "k") == [65536]
+    with pytest.raises(
+        UsamError, match=r"k\[1\] must be a whole number in \[1, 65536\], got 65537"
+    ):
+        check_hidden([4, 65537], "k")
+    with pytest.raises(
+        UsamError, match=r"^k must name at least one hidden layer, e.g. \[512, 512\]$"
+    ):
+        check_hidden([], "k")
+    for bad in ("512", b"512", 512, 5.0, None):
+        with pytest.raises(
+            UsamError, match=r"^k must be a list of layer widths such as \[512, 512\]"
+        ):
+            check_hidden(bad, "k")
+
+
+def test_out_dir_and_container_lists(tmp_path):
+    from usam.train import check_out_dir, container_paths
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsamError, match=r"^out_dir: .*file exists and is not a folder; choose an"):
+        check_out_dir(tmp_path / "file", "iou_tiny")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "iou_tiny").write_text("")
+    with pytest.raises(UsamError, match=r"models.iou_tiny exists and is not a folder"):
+        check_out_dir(tmp_path / "models", "iou_tiny")
+    check_out_dir(tmp_path / "models", "task_gap")  # a folder, or nothing yet: fine
+    assert container_paths("a") == ["a"] and container_paths(None) == [None]
+    assert container_paths(tmp_path) == [tmp_path] and container_paths("None") == ["None"]
+    assert container_paths(["a", tmp_path]) == ["a", str(tmp_path)]
+    with pytest.raises(UsamError, match=r"^container=\[\] names no container; give one or more"):
+        container_paths([])
+
+
+def test_run_records_every_field_of_the_fit_in_the_bundle_and_the_summary(tmp_path, caplog):
+    """One fast run with every option away from its default (seed 2, a filter, variant rows,
+    a width and weight decay of its own), then each config and summary field by hand."""
+    from usam.hpo import NoHPO
+
+    container = hand_container(tmp_path, groups=5, random_weights=True)
+    predictor = {
+        "target": "model_gap",
+        "batch_size": 4,
+        "epochs": 1,
+        "lr": 0.01,
+        "momentum": 0.5,
+        "hidden": [3],
+        "weight_decay": 0.002,
+        "filter_model": "large",
+        "augmented": True,
+    }
+    trainer = Trainer(device="cpu", progress=False, seed=2)
+    with caplog.at_level("INFO", logger="usam.train"):
+        summary = trainer.run(
+            predictor=predictor,
+            hpo=NoHPO(),
+            container=container,
+            out_dir=tmp_path / "models",
+            run_dir=tmp_path / "run",
+            dataset="davis",
+        )
+    bundle = tmp_path / "models" / "model_gap"
+    config = json.loads((bundle / "config.json").read_text())
+    hp = {k: predictor[k] for k in ("batch_size", "epochs", "lr", "momentum", "weight_decay")}
+    hp["hidden"] = [3]
+    # large rows of 5 images x 2 variants x 2 instances: 20, one group of 5 held out
+    rows = {"train": 16, "train_dropped_nan": 0, "val": 4, "val_dropped_nan": 0}
+    data = config.pop("data")
+    assert {k: v for k, v in config.items() if k not in ("val_metrics", "weights_sha256")} == {
+        "schema": 1,
+        "kind": "usam.predictor",
+        "token_pairing": "usam",
+        "target": "model_gap",
+        "output_shift": 0.5,
+        "dataset": "coco",  # the container's, not the dataset= given
+        "sam_version": "sam2.1",
+        "models": ["tiny", "large"],
+        "random_weights": True,
+        "container": str(container),
+        "val_container": None,
+        "filter_model": "large",
+        "augmented": True,
+        "hyperparameters": hp,
+        "hpo": {"method": "none"},
+        "rows": rows,
+        "trained_on": "train+val",
+        "seed": 2,
+        "architecture": UsamMLP(hidden=[3]).architecture(),
+    }
+    assert data["containers"] == [
+        {
+            "path": str(container.resolve()),
+            "meta_sha256": data["containers"][0]["meta_sha256"],
+            "rows": 40,
+        }
+    ]
+    assert {k: data[k] for k in ("val_container", "filters", "split", "fit", "seen_groups")} == {
+        "val_container": None,
+        "filters": {"model": "large", "augmented": True},
+        "split": {"by": "group", "val_fraction": 0.2, "seed": 2},
+        "fit": "train+val",
+        "seen_groups": 5,
+    }
+    seen = json.loads((bundle / data["seen_groups_file"]).read_text())
+    assert seen["groups"] == {"coco": ["g0", "g1", "g2", "g3", "g4"]}
+    assert set(config["val_metrics"]) == {
+        "mse",
+        "l1",
+        "r2",
+        "within_0.1",
+        "within_0.05",
+        "within_0.01",
+    }
+    assert summary["val_metrics"]["mse"] == pytest.approx(config["val_metrics"]["mse"])
+    assert summary["val_metrics"]["r2"] < 1  # the targets vary: R^2 is a number
+    assert {
+        k: v for k, v in summary.items() if k not in ("val_metrics", "val_loss", "seconds")
+    } == {
+        "target": "model_gap",
+        "dataset": "coco",
+        "container": str(container),
+        "val_container": None,
+        "rows": rows,
+        "hyperparameters": hp,
+        "hpo": {"method": "none"},
+        "random_weights": True,
+        "fit": "train+val",
+        "bundle": str(bundle),
+        "device": "cpu",
+    }
+    assert summary["val_loss"] == summary["val_metrics"]["mse"] and summary["seconds"] > 0
+    assert "dataset=davis but the container holds coco; using coco's tuned defaults" in caplog.text
+    assert (
+        "model_gap: the container came from random SAM weights; this estimator is for testing only"
+        in caplog.text
+    )
+    assert "model_gap: 16 training rows, 4 validation rows" in caplog.text
+    assert f"model_gap: bundle written to {bundle}" in caplog.text
+    assert (
+        "model_gap: training with {'batch_size': 4, 'epochs': 1, 'lr': 0.01, 'momentum': 0.5}"
+        in caplog.text
+    )
+    assert "model_gap validation: mse=" in caplog.text
+
+
+def test_a_val_container_is_never_trained_on_and_recorded_as_such(tmp_path):
+    from usam.hpo import NoHPO
+
+    train = hand_container(tmp_path / "a", groups=2, augmented=False)
+    val = hand_container(tmp_path / "b", groups=3, augmented=False)
+    trainer = Trainer(device="cpu", progress=False, refit_all=True)
+    data = trainer.load(container=train, target="iou_tiny", val_container=val)
+    # 2 images x 2 models x 2 instances to train on, 3 x 2 x 2 to validate on
+    assert data.rows == {"train": 8, "train_dropped_nan": 0, "val": 12, "val_dropped_nan": 0}
+    assert (data.record["fit"], data.record["split"]) == ("all", None)
+    assert data.record["val_container"]["path"] == str(val.resolve())
+    assert data.seen == {"coco": ["g0", "g1"]}
+    summary = trainer.run(
+        predictor={
+            "target": "iou_tiny",
+            "batch_size": 4,
+            "epochs": 1,
+            "lr": 0.01,
+            "momentum": 0.0,
+            "hidden": [2],
+        },
+        hpo=NoHPO(),
+        container=train,
+        val_container=val,
+        out_dir=tmp_path / "models",
+        run_dir=tmp_path / "run",
+    )
+    config = json.loads((tmp_path / "models" / "iou_tiny" / "config.json").read_text())
+    assert (config["trained_on"], summary["fit"]) == ("train", "all")
+    assert config["val_container"] == summary["val_container"] == str(val)
+    assert config["random_weights"] is False and config["hyperparameters"]["weight_decay"] == 0.001
+
+
+def test_refit_off_records_the_training_split_only(linear):
+    data = Trainer(device="cpu", refit_all=False, seed=1).load(container=linear, target="task_gap")
+    assert data.record["fit"] == "train" and data.record["split"]["seed"] == 1
+    train_groups = {f"v{int(g):03d}" for g in data.x_train[:, 0].tolist()}
+    assert data.seen == {"davis": sorted(train_groups)} and len(train_groups) < 60
+
+
+def test_pooled_containers_merge_their_meta_and_split_together(tmp_path):
+    a = linear_container(
+        tmp_path / "ra",
+        tmp_path / "a",
+        groups=3,
+        frames=1,
+        instances=1,
+        models=("small", "large"),
+        dataset="davis",
+    )
+    b = hand_container(tmp_path / "b", groups=4, augmented=False, random_weights=True)
+    data = Trainer(device="cpu").load(container=[a, b], target="unsupervised_iou")
+    assert data.meta["datasets"] == ["davis", "coco"]
+    assert data.meta["models"] == ["small", "large", "tiny"]
+    assert data.meta["sam_versions"] == ["sam2.1"]
+    assert data.meta["random_weights"] is True
+    # 3 x 2 rows of a and 4 x 2 x 2 of b, split by group across both
+    assert data.rows["train"] + data.rows["val"] == 6 + 16
+    assert [c["path"] for c in data.record["containers"]] == [str(a.resolve()), str(b.resolve())]
+    data = Trainer(device="cpu").load(container=[b, b], target="unsupervised_iou")
+    assert data.meta["datasets"] == ["coco"] and data.meta["models"] == ["tiny", "large"]
+    from usam.train import merged_meta
+
+    one = Container.open(a)
+    assert merged_meta([one]) == one.meta and merged_meta([one]) is not one.meta
+
+
+def test_objective_hands_the_stacked_runner_its_settings_and_step(monkeypatch):
+    """Objective.many and Trainer.fit with a stacked step go to usam.stacked (tested there);
+    here: with what. torch.optim's "autograd" has no stacked twin: it runs as "eager"."""
+    import usam.stacked
+    from usam.train import Data, Objective
+
+    calls = []
+    monkeypatch.setattr(usam.stacked, "stacked_losses", lambda *a: calls.append(a) or [0.25])
+    monkeypatch.setattr(usam.stacked, "fit_one", lambda *a, **k: calls.append((a, k)) or "fit")
+    data = Data(torch.zeros(2, 4), torch.zeros(2), torch.zeros(1, 4), torch.zeros(1))
+    for step, passed in [("autograd", "eager"), ("compile", "compile")]:
+        trainer = Trainer(device="cpu", step=step)
+        objective = Objective(trainer, data, {"weight_decay": 0.5, "lr": 0.1})
+        assert objective.many([{"lr": 0.2}, {"epochs": 3}]) == [0.25]
+        assert calls.pop() == (
+            trainer,
+            data,
+            [{"weight_decay": 0.5, "lr": 0.2}, {"weight_decay": 0.5, "lr": 0.1, "epochs": 3}],
+            passed,
+        )
+    hp, val, on_epoch = {"lr": 0.1}, (data.x_val, data.y_val), print
+    assert (
+        Trainer(device="cpu", step="eager").fit(
+            data.x_train, data.y_train, hp, val=val, on_epoch=on_epoch
+        )
+        == "fit"
+    )
+    (args, kwargs) = calls.pop()
+    assert args[1:] == (data.x_train, data.y_train, hp) and args[0].step == "eager"
+    assert kwargs == {"val": val, "on_epoch": on_epoch}
+
+
+def test_objective_scores_a_non_finite_validation_loss_as_the_worst(monkeypatch):
+    """A fit whose last step sends the weights to NaN ends without Diverged, but its
+    validation MSE is NaN: the search must see 1.0 (the worst a sigmoid gives), not NaN."""
+    from usam.train import Data, Objective
+
+    data = Data(torch.zeros(2, 4), torch.zeros(2), torch.zeros(1, 4), torch.zeros(1))
+    trainer = Trainer(device="cpu")
+    monkeypatch.setattr(trainer, "fit", lambda x, y, hp: (None, []))
+    for mse, score in [(float("nan"), 1.0), (float("inf"), 1.0), (0.375, 0.375)]:
+        monkeypatch.setattr(trainer, "evaluate", lambda model, x, y, mse=mse: {"mse": mse})
+        assert Objective(trainer, data, {})({}) == score
+
+
+def test_merged_meta_unions_in_first_seen_order_and_keeps_the_first_for_the_rest():
+    from types import SimpleNamespace
+
+    from usam.train import merged_meta
+
+    a = {
+        "datasets": ["davis"],
+        "sam_versions": ["sam2.0"],
+        "models": ["large", "tiny"],
+        "random_weights": False,
+        "rows": 6,
+    }
+    b = {
+        "datasets": ["coco", "davis"],
+        "sam_versions": ["sam2.1", "sam2.0"],
+        "models": ["tiny", "small"],
+        "random_weights": True,
+        "rows": 9,
+    }
+    c = {"datasets": None, "rows": 1}  # a meta without the lists or the flag
+    merged = merged_meta([SimpleNamespace(meta=m) for m in (a, c, b)])
+    assert merged == {
+        "datasets": ["davis", "coco"],
+        "sam_versions": ["sam2.0", "sam2.1"],
+        "models": ["large", "tiny", "small"],
+        "random_weights": True,
+        "rows": 6,  # every other field: the first container's
+    }
+    assert (
+        merged_meta([SimpleNamespace(meta=a), SimpleNamespace(meta=c)])["random_weights"] is False
+    )
