@@ -39,6 +39,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "usam/container/reader.py",
         ["tests/test_container.py", "-k", "not cli and not seed"],
     ),
+    # one record -> its rows (pure numpy): the unit tests alone, no files
+    "rows": ("usam/container/rows.py", ["tests/test_container_rows.py"]),
     "augment": ("usam/augment.py", ["tests/test_augment.py"]),
     "extract": (
         "usam/extract.py",
