@@ -37,7 +37,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # the Container reader: columns, filters, the group split
     "containers": (
         "usam/container/reader.py",
-        ["tests/test_container.py", "-k", "not cli and not seed"],
+        ["tests/test_container.py", "tests/test_container_reader.py", "-k", "not cli and not seed"],
     ),
     # one record -> its rows (pure numpy): the unit tests alone, no files
     "rows": ("usam/container/rows.py", ["tests/test_container_rows.py"]),
