@@ -481,3 +481,14 @@ def test_tokens_of_variants_the_container_drops_are_not_needed():
     rec, tensors = record()
     del tensors["large/noise/iou_token"], tensors["tiny/noise/mask_tokens"]
     assert rows.tokens(parsed(rec), tensors).shape == (8, 2, 256)
+
+
+def test_a_record_with_none_of_the_container_models_has_no_rows_but_typed_columns():
+    p = parsed(models=["small", "base_plus"])
+    assert p.present == [] and p.shape == (0, 2, 2) and p.missing == ["small", "base_plus"]
+    c = rows.columns(p, VARIANTS)
+    assert all(len(a) == 0 for a in c.values())
+    # the codes go to int32 files: integers even when empty
+    assert c["code:model"].dtype == np.int64 and c["code:variant"].dtype.kind == "i"
+    assert c["is_small"].dtype == np.float64 and c["best"].dtype == np.float64
+    assert rows.tokens(p, {}).shape == (0, 2, 256)
