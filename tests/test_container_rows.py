@@ -81,6 +81,7 @@ def parsed(rec=None, models=MODELS, variants=VARIANTS) -> rows.Parsed:
 def reason(call, *args) -> BadRecord:
     with pytest.raises(BadRecord) as err:
         call(*args)
+    assert str(err.value) == err.value.reason  # the message is the reason alone
     return err.value
 
 

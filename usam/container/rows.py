@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from usam.container.reader import PER_MODEL
-from usam.errors import SampleError
+from usam.errors import UsamError
 from usam.schema import FIELDS, RECORD_SCHEMA, TOKEN_DIM
 
 VARIANT_ORDER = ("original", "jpeg10", "jpeg30", "noise", "blur")
@@ -35,11 +35,13 @@ RECORD_KEYS = (
 )
 
 
-class BadRecord(SampleError):
-    """A record that cannot be used, with the skip counter it goes to and the file to blame."""
+class BadRecord(UsamError):
+    """A record that cannot be used: why, the skip counter it goes to, and the file to blame
+    (the record's stem + `suffix`; the writer knows the stem, these functions do not)."""
 
     def __init__(self, reason: str, kind: str = "incomplete", suffix: str = ".json") -> None:
-        super().__init__("", reason)
+        super().__init__(reason)
+        self.reason = reason
         self.kind = kind
         self.suffix = suffix
 
