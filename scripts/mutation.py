@@ -51,9 +51,15 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "and not refuses and not cli and not seed",
         ],
     ),
+    # the writer's orchestration and overwrite rules (rows.py has its own entry)
     "container": (
         "usam/container/writer.py",
-        ["tests/test_container.py", "-k", "not cli and not seed"],
+        [
+            "tests/test_container.py",
+            "tests/hostile/test_container_overwrite.py",
+            "-k",
+            "not cli and not seed",
+        ],
     ),
     "train": (
         "usam/train.py",
