@@ -384,3 +384,12 @@ def test_a_mapped_container_reads_token_rows_front_to_back(built):
     c._arrays["tokens"] = spy = Reads(c._arrays["tokens"])
     np.testing.assert_array_equal(c.read_tokens([13, 2, 8]), expected)
     assert spy.asked == [[2, 8, 13]]  # a mapped file reads faster in file order
+
+
+def test_open_never_unpickles(copy):
+    # an object array in a column file would run pickle on load: refused, even when loading
+    np.save(copy / "columns" / "width.npy", np.array([{"x": 1}] * 14, dtype=object))
+    with pytest.raises(UsamError) as err:
+        Container.open(copy, mmap=False)
+    assert str(err.value).startswith(f"{copy / 'columns' / 'width.npy'} is missing or damaged (")
+    assert "allow_pickle" in str(err.value)
