@@ -56,6 +56,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "usam/container/writer.py",
         [
             "tests/test_container.py",
+            "tests/test_container_writer.py",
             "tests/hostile/test_container_overwrite.py",
             "-k",
             "not cli and not seed",
