@@ -56,7 +56,7 @@ def test_the_summary_lists_skipped_files_and_images_missing_models(tmp_path, cap
         *make_record("b/2.jpg", "b", dataset="mose", split="train", models=["small", "tiny"]),
     )
     write_record(root, *make_record("c/3.jpg", "c"), safetensors=False)
-    with caplog.at_level(logging.WARNING, logger="usam.container"):
+    with caplog.at_level(logging.INFO, logger="usam.container"):
         s = build([root], tmp_path / "c")
     assert s["skipped_files"] == [
         {
@@ -75,6 +75,12 @@ def test_the_summary_lists_skipped_files_and_images_missing_models(tmp_path, cap
         "image b/2.jpg (mose/train) has no results for model base_plus, large: its "
         "iou_base_plus, iou_large and the gaps that need them are NaN"
     ) in messages
+    assert not any("more images miss a model" in m for m in messages)  # all of them named
+    done = [m for m in messages if m.startswith("container ")]
+    assert len(done) == 1 and done[0].startswith(
+        f"container {tmp_path / 'c'}: 6 rows from 2 images, 1 records skipped, "
+    )
+    assert 0 <= s["seconds"] < 600 and s["rows_per_second"] > 0
     assert s["groups"] == 2 and s["images"] == 2 and s["rows"] == 4 + 2
     assert s["models"] == ["tiny", "small", "base_plus", "large"] and s["variants"] == ["original"]
 
