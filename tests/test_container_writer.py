@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 from records import make_record, write_record
@@ -56,14 +57,20 @@ def test_the_summary_lists_skipped_files_and_images_missing_models(tmp_path, cap
         *make_record("b/2.jpg", "b", dataset="mose", split="train", models=["small", "tiny"]),
     )
     write_record(root, *make_record("c/3.jpg", "c"), safetensors=False)
+    write_record(root, *make_record("0/0.jpg", "0"), json=False)  # first in walk order
     with caplog.at_level(logging.INFO, logger="usam.container"):
         s = build([root], tmp_path / "c")
     assert s["skipped_files"] == [
         {
+            "file": str(root / "0" / "0.safetensors"),
+            "reason": "no .json beside it: the image was not finished",
+            "kind": "unfinished",
+        },
+        {
             "file": str(root / "c" / "3.json"),
             "reason": "its .safetensors file is missing",
             "kind": "incomplete",
-        }
+        },
     ]
     assert s["images_missing_models"] == 1 and s["records_without_digest"] == 2
     assert s["missing_models"] == [
@@ -78,7 +85,7 @@ def test_the_summary_lists_skipped_files_and_images_missing_models(tmp_path, cap
     assert not any("more images miss a model" in m for m in messages)  # all of them named
     done = [m for m in messages if m.startswith("container ")]
     assert len(done) == 1 and done[0].startswith(
-        f"container {tmp_path / 'c'}: 6 rows from 2 images, 1 records skipped, "
+        f"container {tmp_path / 'c'}: 6 rows from 2 images, 2 records skipped, "
     )
     assert 0 <= s["seconds"] < 600 and s["rows_per_second"] > 0
     assert s["groups"] == 2 and s["images"] == 2 and s["rows"] == 4 + 2
@@ -96,6 +103,7 @@ def test_more_than_max_listed_are_counted_not_listed(tmp_path, caplog):
         s = build([root], tmp_path / "c")
     assert s["skipped"] == MAX_LISTED + 2 and len(s["skipped_files"]) == MAX_LISTED
     assert s["skipped_files"][-1]["file"] == str(root / "broken" / f"{MAX_LISTED - 1:03d}.json")
+    assert s["skipped_files"][0]["reason"].startswith("unreadable JSON (Expecting ")
     assert s["images_missing_models"] == MAX_LISTED + 2 and len(s["missing_models"]) == MAX_LISTED
     assert s["missing_models"][-1]["image"] == f"half/{MAX_LISTED - 1:03d}.jpg"
     messages = [r.getMessage() for r in caplog.records]
@@ -124,3 +132,45 @@ def test_meta_json_describes_the_build(tmp_path):
     assert s["random_weights"] is True and s["offload"] is True
     assert json.loads((tmp_path / "c" / "tables" / "group.json").read_text()) == ["a", "b"]
     assert Container.open(tmp_path / "c").mmap
+
+
+def test_progress_bars_say_what_they_count(tmp_path, capsys):
+    write_record(tmp_path / "recs", *make_record("a/1.jpg", "a"))
+    write_record(tmp_path / "recs", *make_record("b/1.jpg", "b"))
+    build([tmp_path / "recs"], tmp_path / "c")
+    err = capsys.readouterr().err
+    assert re.search(r"scan recs: \d+file \[", err), err
+    assert re.search(r"container: 100%.* 2/2 \[.*img/s\]", err), err
+
+
+def test_a_missing_root_is_named(tmp_path):
+    with pytest.raises(UsamError) as err:
+        build([tmp_path / "gone"], tmp_path / "c")
+    assert str(err.value) == (
+        f"record root {tmp_path / 'gone'} does not exist; run `python -m usam.extract` for this "
+        "dataset first or fix roots=[...]"
+    )
+
+
+def test_a_narrower_build_names_three_lost_images_and_every_lost_kind(tmp_path, caplog):
+    root, small, out = tmp_path / "r", tmp_path / "s", tmp_path / "c"
+    for name in ["a/1", "b/2", "c/3", "d/4", "e/5"]:
+        write_record(root, *make_record(f"{name}.jpg", name[0], models=["tiny", "large"]))
+    build([root], out)
+    write_record(small, *make_record("e/5.jpg", "e", models=["tiny"]))
+    with pytest.raises(UsamError) as err:
+        build([small], out)
+    assert (
+        "would lose 4 of its 5 images (e.g. davis/a/1.jpg, davis/b/2.jpg, davis/c/3.jpg); "
+        "models ['large']. Nothing was changed; "
+    ) in str(err.value)
+    # an unreadable one is replaced when asked, and the summary and the log say so
+    (out / "tables" / "image.json").write_text("[")
+    with caplog.at_level(logging.WARNING, logger="usam.container"):
+        s = build([small], out, overwrite=True)
+    assert list(s["replaced"]) == ["unreadable"]
+    assert s["replaced"]["unreadable"].startswith(f"{out / 'tables' / 'image.json'} is missing")
+    assert any(
+        r.getMessage().startswith(f"replacing the container at {out} (overwrite=True): unreadable=")
+        for r in caplog.records
+    )
