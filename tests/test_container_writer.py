@@ -174,3 +174,47 @@ def test_a_narrower_build_names_three_lost_images_and_every_lost_kind(tmp_path, 
         r.getMessage().startswith(f"replacing the container at {out} (overwrite=True): unreadable=")
         for r in caplog.records
     )
+
+
+def test_duplicates_strays_and_versions_are_named(tmp_path, caplog):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_record(a, *make_record("a/1.jpg", "a"))
+    write_record(b, *make_record("a/1.jpg", "a"))  # the same image again: a duplicate
+    rec, tensors = make_record("a/1.jpg", "a", split="train")  # another split: not one
+    rec["sam_version"] = "sam2"
+    del rec["random_weights"]  # from before the flag: real weights
+    write_record(b / "train", rec, tensors)
+    write_record(b / "x", *make_record("z/9.jpg", "z"))  # after the duplicate in walk order
+    (b / "x" / "stray.json").write_text('{"kind": "usam.summary"}')
+    (b / "x" / "stray.safetensors").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="usam.container"):
+        s = build([a, b], tmp_path / "c")
+    assert s["skipped_files"] == [
+        {
+            "file": str(b / "a" / "1.json"),
+            "reason": "duplicate of an earlier record of davis/val/a/1.jpg",
+            "kind": "duplicate",
+        },
+        {
+            "file": str(b / "x" / "stray.json"),
+            "reason": "not a usam.record JSON",
+            "kind": "incomplete",
+        },
+    ]
+    assert s["images"] == 3 and s["random_weights"] is False
+    messages = [r.getMessage() for r in caplog.records]
+    assert (
+        "records come from different SAM versions ['sam2', 'sam2.1']; the container mixes them"
+        in messages
+    )
+    assert not any("random SAM weights" in m for m in messages)
+
+
+def test_random_weights_are_warned_about(tmp_path, caplog):
+    write_record(tmp_path / "r", *make_record("a/1.jpg", "a", random_weights=True))
+    with caplog.at_level(logging.WARNING, logger="usam.container"):
+        build([tmp_path / "r"], tmp_path / "c")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "some records were extracted with random SAM weights (a smoke test, not real data)"
+    ]
