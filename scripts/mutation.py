@@ -38,8 +38,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # the Container reader: columns, filters, the group split
     "containers": (
         "usam/container/reader.py",
-        ["tests/test_container.py", "-k", "not cli and not seed"],
+        ["tests/test_container.py", "tests/test_container_reader.py", "-k", "not cli and not seed"],
     ),
+    # one record -> its rows (pure numpy): the unit tests alone, no files
+    "rows": ("usam/container/rows.py", ["tests/test_container_rows.py"]),
     "augment": ("usam/augment.py", ["tests/test_augment.py"]),
     "extract": (
         "usam/extract.py",
@@ -50,9 +52,17 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "and not refuses and not cli and not seed",
         ],
     ),
+    # the writer's orchestration and overwrite rules (rows.py has its own entry)
     "container": (
         "usam/container/writer.py",
-        ["tests/test_container.py", "-k", "not cli and not seed"],
+        [
+            "tests/test_container.py",
+            "tests/test_container_writer.py",
+            "tests/hostile/test_container_overwrite.py",
+            "tests/hostile/test_records.py::test_container_builds_of_killed_runs_are_removed_on_the_next_build",
+            "-k",
+            "not cli and not seed",
+        ],
     ),
     # with the hostile training tests: they hold the checks of Objective, the non-finite
     # guards and the bad options, which tests/test_train.py alone leaves as "no tests"

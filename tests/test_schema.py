@@ -37,3 +37,14 @@ def test_the_container_reader_imports_neither_torch_nor_hydra():
     code = "import sys, usam.container; print('torch' in sys.modules, 'hydra' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_row_maths_needs_no_files_torch_or_hydra_and_readers_never_load_the_writer():
+    code = (
+        "import sys, usam.container.rows, usam.container.files; "
+        "a = [m in sys.modules for m in ('torch', 'hydra', 'tqdm')]; "
+        "import usam.train, usam.evaluate; "
+        "print(*a, 'usam.container.writer' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "False", "False"]

@@ -1,5 +1,6 @@
 """Stage 2, the training container: `reader.py` (`Container`, numpy only), `writer.py`
-(`ContainerWriter`: stage 1's records to rows) and the entrypoint `python -m usam.container`
+(`ContainerWriter`: stage 1's records to a container, built from `rows.py`, the pure
+record-to-rows maths, and `files.py`, the files) and the entrypoint `python -m usam.container`
 (`__main__.py`).
 
 `from usam.container import Container` imports the reader alone: trainers, evaluators and
