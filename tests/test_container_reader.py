@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from records import make_record, token_code, write_record
 
 from usam.container import Container, ContainerWriter, is_container
 from usam.container.reader import _group_rank, column_names
 from usam.errors import UsamError
 from usam.schema import FIELDS
+from usam.synthetic import make_record, token_code, write_record
 
 BOTH = dict(models=["tiny", "large"], variants=["original", "blur"])
 # rows 0-7: davis bear (tiny original 3, 8; tiny blur 3, 8; large original ...; large blur ...)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from records import make_record, token_code
 
 from usam.container import rows
 from usam.container.reader import column_names
 from usam.container.rows import BadRecord
 from usam.schema import FIELDS
+from usam.synthetic import make_record, token_code
 
 MODELS = ["tiny", "small", "large"]  # the container's; "small" is missing from the record
 VARIANTS = ["original", "jpeg10", "blur"]  # the container's; the record has no jpeg10

@@ -8,11 +8,11 @@ import logging
 import re
 
 import pytest
-from records import make_record, write_record
 
 from usam.container import Container, ContainerWriter
 from usam.container.writer import MAX_LISTED
 from usam.errors import UsamError
+from usam.synthetic import make_record, write_record
 
 
 def build(roots, out, **kwargs) -> dict:
