@@ -92,6 +92,24 @@ def test_user_error_follows_explicit_causes_only():
         assert user_error(bug) is None
 
 
+def test_run_stage_says_a_multi_line_user_error_on_one_line(caplog, capsys):
+    from omegaconf import OmegaConf
+
+    from usam.cli import run_stage
+
+    def run(cfg):  # a library's report inside the error, as torch's state-dict mismatch
+        raise UsamError(
+            "b/model.safetensors: cannot load weights (Error(s) in loading:\n\tsize mismatch for net.0.weight)"
+        )
+
+    with pytest.raises(SystemExit) as e:
+        run_stage(run, OmegaConf.create({}))
+    want = "b/model.safetensors: cannot load weights (Error(s) in loading: size mismatch for net.0.weight)"
+    assert e.value.code == f"error: {want}"
+    assert [r.getMessage() for r in caplog.records] == [want]
+    assert capsys.readouterr().out == ""  # no summary line after an error
+
+
 def command(tmp_path, *overrides):
     env = {**os.environ, "USAM_OUTPUTS": str(tmp_path / "outputs")}
     return subprocess.run(

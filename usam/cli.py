@@ -42,8 +42,11 @@ def run_stage(run: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> d
         user = user_error(err)
         if user is None:
             raise
-        log.error("%s", user)
-        sys.exit(f"error: {user}")
+        # a library's text inside a UsamError (torch's state-dict report, an OmegaConf
+        # error) may span lines; the command line still says it on one
+        line = " ".join(str(user).split())
+        log.error("%s", line)
+        sys.exit(f"error: {line}")
     print(json.dumps(summary, default=str), flush=True)
     return summary
 
