@@ -22,6 +22,7 @@ from usam.inference import (
     StackedEstimators,
     UncertainSAM,
     load_bundles,
+    pairing_heads,
 )
 from usam.mlp import Estimator, UsamMLP, paired_token, save_bundle
 from usam.sam import SamModel, load_sam_model
@@ -648,3 +649,27 @@ def test_estimators_from_a_published_folder_and_usam_bundles_together(tmp_path, 
     with pytest.raises(UsamError, match="not both"):
         UncertainSAM.from_pretrained(None, bundles, estimators=bundles, size="tiny")
     u.sam.remove_hooks()
+
+
+# -- from the mutation run: usam.inference (issue 16) ------------------------------------------
+def test_two_heads_of_one_shape_take_the_stacked_path(tmp_path):
+    # two is the smallest stack: the batched matmul is the fast path, so it must be taken
+    constant_bundle(tmp_path, "task_gap", 0.5)
+    constant_bundle(tmp_path, "iou_small", 0.25)
+    heads = StackedEstimators(load_bundles(tmp_path))
+    assert heads.stacked and heads.targets == ["iou_small", "task_gap"]
+    np.testing.assert_allclose(
+        heads(torch.randn(3, 512)).numpy(), [[0.25] * 3, [0.0] * 3], atol=1e-7
+    )
+
+
+def test_an_unknown_pairing_is_named_with_the_known_ones(tmp_path):
+    constant_bundle(tmp_path, "iou_large", 0.75)
+    constant_bundle(tmp_path, "model_gap", 0.5)
+    estimators = load_bundles(tmp_path)
+    estimators["model_gap"].pairing = "shifted"  # a bundle edited after loading
+    with pytest.raises(UsamError) as e:
+        pairing_heads(estimators)
+    assert str(e.value) == (
+        "estimator 'model_gap': token_pairing 'shifted' is unknown; use one of usam, published"
+    )
