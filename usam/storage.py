@@ -32,8 +32,9 @@ from usam.errors import UsamError
 
 log = logging.getLogger(__name__)
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+# the process umask, read once at import (os.umask can only be read by setting it)
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 # -- names from data ----------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; shared disks need the usual mode
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; shared disks need the usual mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from usam.container.reader import CODES
 from usam.container.rows import BadRecord
 from usam.errors import UsamError
 from usam.schema import TOKEN_DIM
-from usam.storage import MismatchedPair, make_temp_dir, read_verified
+from usam.storage import UMASK, MismatchedPair, make_temp_dir, read_verified
 
 
 def walk(root: Path, out: Path) -> Iterator[tuple[str, bool, bool]]:
@@ -132,9 +132,7 @@ def build_folder(out: Path) -> Path:
     """A fresh hidden `.<out>.tmp-*` folder beside `out`, as open as the user's umask allows."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the container is not
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; the container is not
     return tmp
 
 
