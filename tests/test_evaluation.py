@@ -341,3 +341,36 @@ def test_ties_below_the_top_share_their_mean_gain():
     np.testing.assert_allclose(
         correction_curve(CHEAP, REFINED, u, R3), [0.5, 0.5, 0.5 + 0.35 / 4], rtol=1e-12
     )
+
+
+def test_correction_curve_holds_its_end_values_outside_0_1():
+    r = np.array([-0.5, 0.0, 1.0, 1.5])
+    np.testing.assert_allclose(
+        correction_curve(CHEAP, REFINED, -CHEAP, r), [0.5, 0.5, 0.675, 0.675]
+    )
+
+
+# float32 inputs (the container's columns are float32) are computed in float64: a float32
+# sum, difference or product rounds at ~1e-8, so each check compares exactly with the result
+# on the same values cast first; the data are picked so that float32 arithmetic differs
+F32 = np.array([0.1, 0.7, 0.35, 0.93, 0.2], np.float32)
+F32_OTHER = np.array([0.3, 0.11, 0.62, 0.47, 0.9], np.float32)
+
+
+def test_float32_pearson_is_computed_in_float64():
+    want = pearson(F32.astype(np.float64), F32_OTHER.astype(np.float64))
+    assert pearson(F32, F32_OTHER) == want
+    assert pearson(F32, F32_OTHER.astype(np.float64)) == want
+    assert pearson(F32.astype(np.float64), F32_OTHER) == want
+
+
+def test_float32_curves_and_areas_are_computed_in_float64():
+    cheap64, refined64 = F32.astype(np.float64), F32_OTHER.astype(np.float64)
+    r = np.array([0.0, 0.1, 0.45, 1.0], np.float32)  # 0.45 - 0.1 rounds in float32
+    r64 = r.astype(np.float64)
+    want = correction_curve(cheap64, refined64, F32_OTHER - F32, r64)
+    np.testing.assert_array_equal(correction_curve(F32, refined64, F32_OTHER - F32, r64), want)
+    np.testing.assert_array_equal(correction_curve(cheap64, refined64, F32_OTHER - F32, r), want)
+    curve = np.array([0.1, 0.37, 0.52, 0.61], np.float32)
+    assert area(curve, r) == area(curve.astype(np.float64), r64)
+    assert area(curve, r64) == area(curve.astype(np.float64), r64)

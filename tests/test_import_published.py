@@ -7,8 +7,11 @@ The state dicts have exactly the published keys and shapes with three different 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import pickle
 import subprocess
 import sys
 from collections import OrderedDict
@@ -20,9 +23,10 @@ import torch
 from published import DecoderTokens, published_forward, published_state, write_published
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+import usam.import_published as import_published
 from usam.cli import run_stage
 from usam.errors import UsamError
-from usam.import_published import _positional_source, read_published, run
+from usam.import_published import _positional_source, load_published, read_published, run
 from usam.inference import UncertainSAM, load_bundles
 from usam.mlp import Estimator, UsamMLP, load_bundle, save_bundle
 from usam.sam import load_sam_model
@@ -315,3 +319,272 @@ def test_usam_predict_runs_on_imported_bundles(compose_cfg, checkout, tmp_path):
     )
     assert single["best"] == 0 and len(single["scores"]) == 1
     assert all(len(v) == 1 for v in single["estimates"].values())
+
+
+# -- from the mutation run (issue 16) --
+
+LOGGER = "usam.import_published"
+FOLDER_HINT = "pass a checkout of the published repository or its models/mlps/sam2.X folder"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def log_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+
+def entry(src: Path, out: Path, name: str, target: str, status: str) -> dict:
+    f = src / name / "model.pth"
+    bundle = str(out / "sam2.1" / target)
+    return {
+        "target": target,
+        "source": str(f),
+        "sha256": sha256(f),
+        "bundle": bundle,
+        "status": status,
+    }
+
+
+SAM21 = [  # the sam2.1 checkout's folder names -> targets, in the order they are imported
+    ("iou_tiny", "iou_tiny"),
+    ("iou_unsupervised", "unsupervised_iou"),
+    ("prompt_gap", "prompt_gap"),
+    ("task_gap", "task_gap"),
+]
+
+
+def test_the_summary_and_the_log_name_every_file_bundle_and_digest(
+    compose_cfg, checkout, tmp_path, caplog
+):
+    src, out = checkout / "models/mlps/sam2.1", tmp_path / "models"
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        summary = run(import_cfg(compose_cfg, src, out))
+    want = {
+        "source": str(src),
+        "out": str(out),
+        "bundles": {"sam2.1": [entry(src, out, n, t, "imported") for n, t in SAM21]},
+        "use": {"sam2.1": str(out / "sam2.1")},
+    }
+    assert summary == want
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == want
+    assert log_lines(caplog) == [
+        *(f"{src / n / 'model.pth'} -> {out / 'sam2.1' / t}" for n, t in SAM21),
+        f"use them with: UncertainSAM.from_pretrained(..., estimators='{out / 'sam2.1'}')",
+    ]
+
+
+def test_a_rerun_writes_only_the_missing_bundle_and_says_which_were_kept(
+    compose_cfg, checkout, tmp_path, caplog
+):
+    src, out = checkout / "models/mlps/sam2.1", tmp_path / "models"
+    run(import_cfg(compose_cfg, src, out))
+    kept = (out / "sam2.1/iou_tiny/model.safetensors").stat().st_mtime_ns
+    for f in (out / "sam2.1/prompt_gap").iterdir():  # the third of four: one kept on each side
+        f.unlink()
+    (out / "sam2.1/prompt_gap").rmdir()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        again = run(import_cfg(compose_cfg, src, out))
+    status = {"prompt_gap": "imported"}
+    assert again["bundles"]["sam2.1"] == [
+        entry(src, out, n, t, status.get(n, "skipped")) for n, t in SAM21
+    ]
+    kept_line = "{}: already imported from the same file"
+    assert log_lines(caplog) == [
+        kept_line.format(out / "sam2.1/iou_tiny"),
+        kept_line.format(out / "sam2.1/unsupervised_iou"),
+        f"{src / 'prompt_gap/model.pth'} -> {out / 'sam2.1/prompt_gap'}",
+        kept_line.format(out / "sam2.1/task_gap"),
+        f"use them with: UncertainSAM.from_pretrained(..., estimators='{out / 'sam2.1'}')",
+    ]
+    assert (out / "sam2.1/iou_tiny/model.safetensors").stat().st_mtime_ns == kept
+    x = torch.randn(5, 512, generator=torch.Generator().manual_seed(4))
+    want = published_forward(published_state(SEEDS["prompt_gap"]), x) - TARGETS["prompt_gap"]
+    torch.testing.assert_close(
+        Estimator.load(out / "sam2.1/prompt_gap")(x), want, atol=1e-6, rtol=0
+    )
+    torch.save(published_state(99), src / "task_gap/model.pth")
+    with pytest.raises(UsamError) as err:
+        run(import_cfg(compose_cfg, src, out))
+    assert str(err.value) == (
+        f"{out / 'sam2.1/task_gap'} already holds a bundle with other weights; "
+        "pass overwrite=true to replace it, or another out="
+    )
+
+
+def test_a_checkout_with_a_version_imports_only_that_version(compose_cfg, checkout, tmp_path):
+    out = tmp_path / "models"
+    summary = run(import_cfg(compose_cfg, checkout, out, "version=sam2.1"))
+    assert list(summary["bundles"]) == ["sam2.1"] and summary["use"] == {
+        "sam2.1": str(out / "sam2.1")
+    }
+    assert sorted(p.name for p in out.iterdir()) == ["sam2.1"]
+    assert [e["target"] for e in summary["bundles"]["sam2.1"]] == [t for _, t in SAM21]
+
+
+def test_a_version_folder_given_its_own_version_imports(compose_cfg, checkout, tmp_path):
+    src = checkout / "models/mlps/sam2.0"
+    summary = run(import_cfg(compose_cfg, src, tmp_path / "m", "version=sam2.0"))
+    assert [e["bundle"] for e in summary["bundles"]["sam2.0"]] == [
+        str(tmp_path / "m/sam2.0/iou_tiny"),
+        str(tmp_path / "m/sam2.0/model_gap"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "layout, overrides, message",
+    [
+        ("file", [], "{src_resolved} is not a folder; " + FOLDER_HINT),
+        ("empty", [], "{src}: no <target>/model.pth in it; " + FOLDER_HINT),
+        (
+            "sam2.0",
+            ["version=sam2.1"],
+            "{src}: the folder name says sam2.0 but version=sam2.1 was given",
+        ),
+        ("renamed", ["version=sam3"], "version=sam3: use one of sam2.0, sam2.1"),
+        (
+            "renamed",
+            [],
+            "{src}: cannot tell the SAM version from the folder name 'mlps_copy'; "
+            "pass version=sam2.0 or version=sam2.1",
+        ),
+        ("checkout", ["version=sam3"], "{src}/models/mlps: no sam3 folder in it"),
+    ],
+    ids=["file", "no_model_pth", "name_vs_version", "bad_version", "no_version", "no_such_version"],
+)
+def test_bad_sources_are_refused_with_the_exact_message(
+    compose_cfg, checkout, tmp_path, layout, overrides, message
+):
+    if layout == "file":
+        src = checkout / "models/mlps/sam2.1/iou_tiny/model.pth"
+    elif layout == "empty":
+        src = tmp_path / "empty" / "sam2.1"
+        (src / "iou_tiny").mkdir(parents=True)  # a folder without its model.pth
+    elif layout == "sam2.0":
+        src = checkout / "models/mlps/sam2.0"
+    elif layout == "renamed":
+        src = tmp_path / "mlps_copy"
+        (checkout / "models/mlps/sam2.1").rename(src)
+    else:
+        src = checkout
+    with pytest.raises(UsamError) as err:
+        run(import_cfg(compose_cfg, src, tmp_path / "out", *overrides))
+    assert str(err.value) == message.format(src=src, src_resolved=src.resolve())
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_source_is_refused_with_the_command_line(compose_cfg, tmp_path):
+    with pytest.raises(UsamError) as err:
+        run(compose_cfg("import_published", [f"out={tmp_path / 'out'}"]))
+    assert str(err.value) == (
+        "no source: python -m usam.import_published <folder> (a checkout of the published "
+        "repository or its models/mlps/sam2.X folder)"
+    )
+
+
+RAN: list[str] = []
+
+
+def _record(what):
+    RAN.append(what)
+    return {k: torch.zeros(v) for k, v in import_published.SHAPES.items()}
+
+
+class RunsCodeOnLoad:
+    def __reduce__(self):
+        return (_record, ("unpickled",))
+
+
+def test_unreadable_files_are_refused_with_the_loader_s_first_line(tmp_path):
+    prefix = "not a plain PyTorch state dict loadable with weights_only=True"
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")  # torch raises EOFError with no text: its type stands in
+    with pytest.raises(UsamError) as err:
+        read_published(empty)
+    assert str(err.value) == f"{empty}: {prefix} (EOFError)"
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(pickle.dumps(None, protocol=2))  # no torch magic number
+    with pytest.raises(UsamError) as err:
+        read_published(legacy)
+    assert str(err.value) == f"{legacy}: {prefix} (Invalid magic number; corrupt file?)"
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], listed)
+    with pytest.raises(UsamError) as err:
+        read_published(listed)
+    assert str(err.value) == f"{listed}: not a plain state dict of tensors (got list)"
+
+
+def test_a_pickle_that_runs_code_is_refused_even_when_torch_defaults_to_full_pickle(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "model.pth"
+    torch.save(RunsCodeOnLoad(), path)
+    RAN.clear()
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch.load's default: no
+    with pytest.raises(UsamError) as err:
+        read_published(path)
+    assert RAN == []
+    assert str(err.value).startswith(
+        f"{path}: not a plain PyTorch state dict loadable with weights_only=True (Weights only"
+    )
+
+
+def test_a_state_dict_saved_from_a_gpu_loads_on_the_cpu(tmp_path, monkeypatch):
+    path, state = tmp_path / "model.pth", published_state(6)
+    with monkeypatch.context() as m:  # storages tagged cuda:0, as torch.save on a GPU writes
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(state, path)
+    loaded = read_published(path)
+    assert {k: v.device.type for k, v in loaded.items()} == dict.fromkeys(state, "cpu")
+    for k, v in state.items():
+        torch.testing.assert_close(loaded[k], v, rtol=0, atol=0)
+
+
+def test_a_published_folder_read_in_memory_takes_its_version_only_from_its_name(checkout, tmp_path):
+    estimators = load_published(checkout / "models/mlps/sam2.0")
+    assert list(estimators) == ["iou_tiny", "model_gap"]
+    assert estimators["model_gap"].config == {
+        "target": "model_gap",
+        "output_shift": TARGETS["model_gap"],
+        "sam_version": "sam2.0",
+        "models": ["tiny", "small", "base_plus", "large"],
+        "token_pairing": "published",
+        "random_weights": False,
+    }
+    assert estimators["iou_tiny"].config["sam_version"] == "sam2.0"
+    renamed = tmp_path / "mlps_copy"
+    (checkout / "models/mlps/sam2.1").rename(renamed)
+    estimators = load_published(renamed)
+    assert {n: e.config["sam_version"] for n, e in estimators.items()} == dict.fromkeys(
+        [n for n, _ in SAM21], None
+    )
+    assert estimators["iou_unsupervised"].config["target"] == "unsupervised_iou"
+
+
+@pytest.mark.parametrize(
+    "argv, want",
+    [
+        (["cmd"], ["cmd"]),
+        (["cmd", "/a/b"], ["cmd", "source=/a/b"]),
+        (
+            ["cmd", "/a/b", "out=x", "version=sam2.1"],
+            ["cmd", "source=/a/b", "out=x", "version=sam2.1"],
+        ),
+        (["cmd", "source=/a/b", "out=x"], ["cmd", "source=/a/b", "out=x"]),
+        (["cmd", "out=x", "/a/b"], ["cmd", "out=x", "/a/b"]),
+        (["cmd", "--help"], ["cmd", "--help"]),
+        (["cmd", "-m", "/a/b"], ["cmd", "-m", "/a/b"]),
+    ],
+)
+def test_only_a_bare_first_path_becomes_the_source(argv, want):
+    assert _positional_source(argv) == want
+
+
+def test_main_hands_hydra_the_folder_as_source(monkeypatch):
+    seen = []
+    monkeypatch.setattr(import_published, "_main", lambda: seen.append(list(sys.argv)))
+    monkeypatch.setattr(sys, "argv", ["usam.import_published", "/pub/UncertainSAM", "out=o"])
+    import_published.main()
+    assert seen == [["usam.import_published", "source=/pub/UncertainSAM", "out=o"]]

@@ -21,7 +21,10 @@ from usam.errors import UsamError
 from usam.inference import (
     StackedEstimators,
     UncertainSAM,
+    check_compatible,
+    check_trained_on,
     load_bundles,
+    load_estimators,
     pairing_heads,
 )
 from usam.mlp import Estimator, UsamMLP, paired_token, save_bundle
@@ -286,8 +289,9 @@ def test_predict_before_set_image(usam):
     # a second SamModel on the fixture's weights: its own predictor, no image set yet
     sam = SamModel(usam.sam.model, size="tiny", version="sam2.1", random_weights=True)
     u = UncertainSAM(sam, {})
-    with pytest.raises(UsamError, match="before set_image"):
+    with pytest.raises(UsamError) as e:
         u.predict(POINTS[0])
+    assert str(e.value) == "UncertainSAM.predict called before set_image"
     with pytest.raises(UsamError, match="uint8"):
         u.set_image(np.zeros((4, 4), np.float32))
     u.set_image(make_image())
@@ -673,3 +677,348 @@ def test_an_unknown_pairing_is_named_with_the_known_ones(tmp_path):
     assert str(e.value) == (
         "estimator 'model_gap': token_pairing 'shifted' is unknown; use one of usam, published"
     )
+
+
+# load_estimators: the app's loader of one folder or several, bundles or published
+def test_load_estimators_takes_one_folder_as_str_or_path_and_several_as_a_list(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    constant_bundle(a, "task_gap", 0.25)
+    constant_bundle(a, "iou_small", 0.75)
+    constant_bundle(b, "model_gap", 0.625)
+    for one in (a, str(a)):
+        assert sorted(load_estimators(one)) == ["iou_small", "task_gap"]
+    both = load_estimators([b, str(a)])
+    x = torch.zeros(1, 512)
+    got = {t: round(e(x).item(), 6) for t, e in both.items()}
+    assert got == {"model_gap": 0.125, "task_gap": -0.25, "iou_small": 0.75}  # gaps: p - 0.5
+
+
+def test_load_estimators_picks_the_targets_asked_for_in_their_order_and_names_the_missing(
+    tmp_path,
+):
+    a, b = tmp_path / "a", tmp_path / "b"
+    constant_bundle(a, "iou_small", 0.75)
+    constant_bundle(a, "task_gap", 0.25)
+    constant_bundle(b, "model_gap", 0.625)
+    assert list(load_estimators([a, b], targets=["task_gap", "model_gap"])) == [
+        "task_gap",
+        "model_gap",
+    ]
+    assert list(load_estimators([a, b], targets=[])) == []
+    with pytest.raises(UsamError) as e:
+        load_estimators([a, b], targets=["iou_small", "prompt_gap", "iou_large"])
+    assert str(e.value) == f"{a}, {b}: no estimator for ['prompt_gap', 'iou_large']"
+    with pytest.raises(UsamError) as e:
+        load_estimators(str(a), targets=["model_gap"])
+    assert str(e.value) == f"{a}: no estimator for ['model_gap']"
+
+
+def test_load_estimators_refuses_a_target_from_two_folders(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    constant_bundle(a, "task_gap", 0.25)
+    constant_bundle(a, "iou_small", 0.75)
+    constant_bundle(b, "model_gap", 0.625)
+    constant_bundle(b, "task_gap", 0.5)
+    with pytest.raises(UsamError) as e:
+        load_estimators([a, b])
+    assert str(e.value) == (
+        f"{b}: ['task_gap'] already come from another estimator folder; keep one"
+    )
+
+
+def test_load_estimators_reads_a_published_folder_by_its_model_pth_files(tmp_path):
+    from published import published_forward, published_state, write_published
+
+    folder = write_published(tmp_path, "sam2.1", {"iou_unsupervised": 3, "prompt_gap": 4})
+    got = load_estimators(folder, device="meta")
+    assert sorted(got) == ["prompt_gap", "unsupervised_iou"]
+    assert {e.pairing for e in got.values()} == {"published"}
+    assert all(p.device.type == "meta" for e in got.values() for p in e.parameters())
+    x = torch.randn(3, 512)
+    want = published_forward(published_state(3), x)
+    torch.testing.assert_close(load_estimators(folder)["unsupervised_iou"](x), want)
+    # a bundle folder is read as bundles: its config.json files say so, a model.pth beside
+    # them does not make it a published folder
+    constant_bundle(tmp_path / "b", "task_gap", 0.25)
+    torch.save(published_state(3), tmp_path / "b" / "task_gap" / "model.pth")
+    bundles = load_estimators(tmp_path / "b", device="meta")
+    assert list(bundles) == ["task_gap"] and bundles["task_gap"].pairing == "usam"
+    assert next(bundles["task_gap"].parameters()).device.type == "meta"
+
+
+def test_batch_disagreements_name_each_prompt_and_its_batch(usam):
+    with pytest.raises(UsamError) as e:
+        usam.predict(point_coords=POINTS[:2], box=BOXES)
+    assert str(e.value) == (
+        "prompts disagree on the batch: point_coords batch of 2, box batch of 3; "
+        "give all single or all with the same batch size"
+    )
+    with pytest.raises(UsamError) as e:
+        usam.predict(point_coords=POINTS[0], box=BOXES[:2], mask_input=np.zeros((1, 32, 32)))
+    assert str(e.value) == (
+        "prompts disagree on the batch: point_coords single, box batch of 2, mask_input single; "
+        "give all single or all with the same batch size"
+    )
+
+
+def test_several_points_of_one_prompt_with_one_box_are_one_prompt(usam):
+    # [N, 2] points are one prompt of N points (not a batch of N): they go with one box
+    out = usam.predict(point_coords=[[15.0, 12.0], [30.0, 20.0]], box=BOXES[0])
+    assert out.masks.shape == (3, H, W)
+
+
+def test_non_numeric_prompts_name_the_argument_and_the_type(usam):
+    with pytest.raises(UsamError) as e:
+        usam.predict(point_coords=[[10, "x"]])
+    assert str(e.value) == (
+        "point_coords must be numeric, got list (could not convert string to float: 'x')"
+    )
+    with pytest.raises(UsamError) as e:
+        usam.predict(box="wide")
+    assert (
+        str(e.value) == "box must be numeric, got str (could not convert string to float: 'wide')"
+    )
+
+
+def test_padding_points_outside_the_image_pass_through_predict(usam):
+    # label -1 marks padding (SAM 2 ignores the point): the geometry check must see the labels
+    out = usam.predict(point_coords=[[20, 10], [500, -3]], point_labels=[1, -1])
+    assert out.masks.shape == (3, H, W)
+    with pytest.raises(UsamError, match=r"point \(500, -3\) lies outside"):
+        usam.predict(point_coords=[[20, 10], [500, -3]], point_labels=[1, 0])
+
+
+def test_decode_returns_three_masks_unless_told_otherwise(usam):
+    points, labels = np.array([[[20.0, 10.0]]]), np.ones((1, 1))
+    assert usam.decode(points, labels, None, None)["masks"].shape == (1, 3, H, W)
+    one = usam.decode(points, labels, None, None, multimask_output=False)
+    assert one["masks"].shape == (1, 1, H, W)
+
+
+def test_prompt_errors_name_the_argument_exactly(usam):
+    cases = [
+        (
+            {"point_coords": [[1.0, 2.0], [3.0, 4.0]], "point_labels": [1]},
+            "point_labels (1,) do not match point_coords (2, 2): one label per point, i.e. (2,)",
+        ),
+        (
+            {"point_coords": POINTS, "point_labels": [1, 1, 1]},
+            "point_labels (3,) do not match point_coords (3, 1, 2): one label per point, "
+            "i.e. (3, 1)",
+        ),
+        (
+            {"point_coords": [[1.0, 2.0]], "point_labels": [2]},
+            "point_labels must be 1 (foreground), 0 (background) or -1",
+        ),
+        (
+            {"point_coords": [[1.0, 2.0]], "point_labels": ["one"]},
+            "point_labels must be numeric, got list (could not convert string to float: 'one')",
+        ),
+        ({"point_labels": [1]}, "point_labels given without point_coords"),
+        ({}, "no prompt: give point_coords, box or mask_input"),
+        (
+            {"mask_input": "low"},
+            "mask_input must be numeric, got str (could not convert string to float: 'low')",
+        ),
+        (
+            {"point_coords": POINTS, "mask_input": np.zeros((2, 1, 32, 32))},
+            "prompts disagree on the batch: point_coords batch of 3, mask_input batch of 2; "
+            "give all single or all with the same batch size",
+        ),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(UsamError) as e:
+            usam.predict(**kwargs)
+        assert str(e.value) == message
+
+
+def test_prompts_reach_sam_in_chunks_of_batch_size(usam, monkeypatch):
+    # batch_size bounds the prompts per decoder call (memory); single prompts are one call
+    calls = []
+    decode_tokens = usam.sam.decode_tokens
+
+    def spy(points, labels, boxes, mask_input, **kw):
+        calls.append(tuple(None if a is None else a.shape for a in (points, boxes, mask_input)))
+        return decode_tokens(points, labels, boxes, mask_input, **kw)
+
+    monkeypatch.setattr(usam.sam, "decode_tokens", spy)
+    monkeypatch.setattr(usam.sam, "batch_size", 2)
+    first = usam.predict(point_coords=POINTS)
+    assert calls == [((2, 1, 2), None, None), ((1, 1, 2), None, None)]
+    calls.clear()
+    out = usam.predict(box=BOXES)
+    assert calls == [(None, (2, 4), None), (None, (1, 4), None)]
+    assert out.masks.shape == (3, 3, H, W)
+    calls.clear()
+    one = usam.predict(box=BOXES[0])
+    assert calls == [(None, (1, 4), None)] and one.masks.shape == (3, H, W)
+    calls.clear()
+    # an earlier batch's best logits back in as mask_input, one per prompt
+    logits = first.low_res_logits[np.arange(3), first.scores.argmax(-1)][:, None]
+    again = usam.predict(point_coords=POINTS, mask_input=logits)
+    assert calls == [((2, 1, 2), None, (2, 1, 32, 32)), ((1, 1, 2), None, (1, 1, 32, 32))]
+    assert again.masks.shape == (3, 3, H, W)
+    calls.clear()
+    usam.predict(point_coords=POINTS[0], mask_input=logits[0])
+    assert calls == [((1, 1, 2), None, (1, 1, 32, 32))]
+
+
+def test_check_trained_on_names_the_versions_and_sizes_on_each_side():
+    two = {"sam_version": "sam2+sam2.1", "models": ["tiny", "small"]}
+    check_trained_on("iou_small", two, versions=["sam2.1"], sizes=["small"], against="x")
+    with pytest.raises(UsamError) as e:
+        check_trained_on(
+            "iou_small",
+            two,
+            versions=["sam2.1", "sam3", "sam4"],
+            sizes=[],
+            against="the checkpoint",
+        )
+    assert str(e.value) == (
+        "estimator 'iou_small' was trained on sam2+sam2.1 tokens but the checkpoint is "
+        "sam3+sam4: use sam2+sam2.1 tokens or bundles trained on this version"
+    )
+    with pytest.raises(UsamError) as e:
+        check_trained_on(
+            "task_gap", two, versions=["sam2"], sizes=["small", "large", "base_plus"], against="c"
+        )
+    assert str(e.value) == (
+        "estimator 'task_gap' was trained on tokens of SAM tiny+small but c is SAM "
+        "large+base_plus: use that size or bundles trained on large+base_plus tokens"
+    )
+
+
+def test_check_compatible_names_the_checkpoint_and_warns_word_for_word(
+    usam, bundles, caplog, tmp_path
+):
+    estimators = load_bundles(bundles)  # random_weights: true in their configs
+    with caplog.at_level(logging.WARNING, logger="usam.inference"):
+        check_compatible(usam.sam, {})  # random SAM 2 but nothing to estimate: no warning
+    assert [r.getMessage() for r in caplog.records if r.name == "usam.inference"] == []
+    with caplog.at_level(logging.WARNING, logger="usam.inference"):
+        check_compatible(usam.sam, estimators)
+    assert [r.getMessage() for r in caplog.records if r.name == "usam.inference"] == [
+        "estimators ['iou_tiny', 'model_gap', 'task_gap'] were trained on RANDOM-weight SAM "
+        "tokens: their estimates mean nothing (tests and smoke runs only)",
+        "SAM 2 has RANDOM weights: masks, scores and estimates mean nothing",
+    ]
+    estimators["model_gap"].config["models"] = ["small", "large"]
+    with pytest.raises(UsamError) as e:
+        check_compatible(usam.sam, estimators)
+    assert str(e.value) == (
+        "estimator 'model_gap' was trained on tokens of SAM small+large but the checkpoint is "
+        "SAM tiny: use that size or bundles trained on tiny tokens"
+    )
+    # a bundle of the right size but for other tokens (6 inputs, not 2 x 256)
+    save_bundle(tmp_path / "narrow", UsamMLP(in_features=6, hidden=[8]), bundle_config("iou_tiny"))
+    with pytest.raises(UsamError) as e:
+        check_compatible(usam.sam, load_bundles(tmp_path / "narrow"))
+    assert str(e.value) == "estimator 'iou_tiny' takes 6 inputs but SAM's tokens give 2 x 256"
+
+
+def test_load_bundles_puts_the_papers_targets_first_then_others_by_name(tmp_path):
+    for target in ("zeta_gap", "task_gap", "alpha", "iou_large"):  # two of them not the paper's
+        config = {**bundle_config("task_gap"), "target": target}
+        save_bundle(tmp_path / target, UsamMLP(hidden=[8]), config)
+    assert list(load_bundles(tmp_path)) == ["iou_large", "task_gap", "alpha", "zeta_gap"]
+
+
+def test_load_bundles_errors_say_how_to_get_bundles(tmp_path):
+    with pytest.raises(UsamError) as e:
+        load_bundles(tmp_path / "none")
+    assert str(e.value) == (
+        f"estimator bundles: {(tmp_path / 'none').resolve()} not found (not a directory); train "
+        "them with python -m usam.train -m 'predictor=glob(*)' out_dir=<dir> and pass that <dir>"
+    )
+    (tmp_path / "empty" / "stray").mkdir(parents=True)
+    with pytest.raises(UsamError) as e:
+        load_bundles(tmp_path / "empty")
+    assert str(e.value) == (
+        f"{(tmp_path / 'empty').resolve()} holds no estimator bundle (<target>/config.json + "
+        "model.safetensors, written by python -m usam.train)"
+    )
+
+
+def test_from_pretrained_random_weights_default_to_seed_0(usam):
+    # the fixture's SAM is load_sam_model(..., random_weights=True) with its default seed 0
+    u = UncertainSAM.from_pretrained(
+        None, size="tiny", random_weights=True, image_size=128, device="cpu"
+    )
+    want = usam.sam.model.state_dict()
+    got = u.sam.model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    u.sam.remove_hooks()
+    # another seed, another version: both reach the SAM 2 that is built
+    other = UncertainSAM.from_pretrained(
+        None, size="tiny", version="sam2.0", random_weights=True, seed=3, image_size=128
+    )
+    assert other.sam.version == "sam2.0"
+    got = other.sam.model.state_dict()
+    assert not torch.equal(got["no_mem_embed"], want["no_mem_embed"])
+    other.sam.remove_hooks()
+
+
+def test_from_pretrained_passes_batch_size_on_and_says_what_it_holds(bundles):
+    u = UncertainSAM.from_pretrained(
+        None, bundles, size="tiny", random_weights=True, image_size=128, batch_size=3
+    )
+    assert u.sam.batch_size == 3
+    assert repr(u) == f"UncertainSAM({u.sam!r}, estimators=['iou_tiny', 'model_gap', 'task_gap'])"
+    u.sam.remove_hooks()
+
+
+def test_from_pretrained_passes_the_hub_options_on(monkeypatch, tmp_path):
+    import usam.inference as inference
+
+    seen = []
+
+    def download(model_id, **kw):
+        seen.append((model_id, kw))
+        raise UsamError("stop here")
+
+    monkeypatch.setattr(inference.hub, "download", download)
+    for kw in ({}, {"cache_dir": tmp_path, "local_files_only": True}):
+        with pytest.raises(UsamError, match="stop here"):
+            UncertainSAM.from_pretrained("facebook/sam2.1-hiera-tiny", **kw)
+    assert seen == [
+        ("facebook/sam2.1-hiera-tiny", {"cache_dir": None, "local_files_only": False}),
+        ("facebook/sam2.1-hiera-tiny", {"cache_dir": tmp_path, "local_files_only": True}),
+    ]
+
+
+def test_from_pretrained_errors_word_for_word(tmp_path, bundles):
+    cases = [
+        (
+            (None, bundles),
+            {"estimators": bundles, "size": "tiny"},
+            "give the estimators once: bundles_dir or estimators=, not both",
+        ),
+        (
+            (tmp_path / "sam2_hiera_small.pt",),
+            {"version": "sam2.1"},
+            f"{tmp_path / 'sam2_hiera_small.pt'}: the file name says SAM version sam2.0 but "
+            "version=sam2.1 was given; pass the matching checkpoint or drop the argument",
+        ),
+        (
+            (tmp_path / "weights.pt",),
+            {},
+            f"{tmp_path / 'weights.pt'}: cannot tell the SAM size from the file name; pass size= "
+            "(one of tiny, small, base_plus, large)",
+        ),
+        (
+            (None,),
+            {"size": "tiny"},
+            "no SAM 2 checkpoint given; pass its path (or random_weights=True)",
+        ),
+        (
+            # the version the file name says reaches the hint (not the sam2.1 default)
+            (tmp_path / "sam2_hiera_small.pt",),
+            {},
+            f"SAM 2 checkpoint {(tmp_path / 'sam2_hiera_small.pt').resolve()} not found; get it "
+            "with: python -m usam.download_checkpoints sam_model=sam2.0",
+        ),
+    ]
+    for args, kw, message in cases:
+        with pytest.raises(UsamError) as e:
+            UncertainSAM.from_pretrained(*args, **kw)
+        assert str(e.value) == message

@@ -9,9 +9,11 @@ from pycocotools import mask as mask_utils
 
 from usam.measures import (
     binary_entropy,
+    count_dtype,
     entropy,
     mask_iou,
     mixture,
+    pixel_count,
     score_weights,
 )
 
@@ -203,3 +205,36 @@ def test_entropy_passes_its_eps_on():
     # eps below the default: an all-zero map is clipped to 1e-9, not to 1e-6
     zeros = torch.zeros(4, 4, dtype=torch.float64)
     assert entropy(zeros, eps=1e-9).item() == pytest.approx(h(1e-9), rel=1e-9)
+
+
+def test_pixel_counts_switch_to_int64_when_a_union_could_overflow_int32():
+    # H * W < 2**30 sums in int32 (a union is at most 2 * H * W < 2**31), from 2**30 in int64;
+    # non-square shapes behind a batch dim, so H * H, W * W or a batch dim give other types
+    assert count_dtype((2**15, 2**15 - 1)) == torch.int32
+    assert count_dtype((2**15, 2**15)) == torch.int64
+    assert count_dtype((7, 2**13, 2**17)) == torch.int64
+    assert count_dtype((7, 2**17, 2**13)) == torch.int64
+    assert count_dtype((3, 2**13, 2**16)) == torch.int32
+    assert count_dtype((3, 2**16, 2**13)) == torch.int32
+    assert count_dtype((2**20, 4, 4)) == torch.int32
+
+
+def test_pixel_counts_are_exact_integers_of_that_type():
+    masks = torch.zeros(2, 3, 5, 7, dtype=torch.uint8)
+    masks[0, 1, :2, :3] = 1  # 6 pixels
+    masks[1, 2] = 1  # 35 pixels
+    counts = pixel_count(masks)
+    assert counts.dtype == torch.int32  # not the int64 torch sums bytes into by default
+    assert counts.tolist() == [[0, 6, 0], [0, 0, 35]]
+
+
+def test_iou_refuses_one_dimensional_masks_even_of_equal_shape():
+    with pytest.raises(ValueError, match=r"^pred \(4,\) and gt \(4,\) must end in the same"):
+        mask_iou(torch.ones(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+def test_all_zero_weights_are_uniform_next_to_a_normal_row():
+    # one row sums to 0 (uniform), the other is scaled: the 0/0 of the first row stays out
+    w = score_weights(torch.tensor([[0.0, -1.0, 0.0], [0.2, 0.0, 0.6]]))
+    assert w.flatten().tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 0.25, 0.0, 0.75])
+    assert torch.isfinite(w).all()

@@ -201,3 +201,59 @@ def test_instantiate_from_config(tree, compose_cfg):
     assert isinstance(r, Mose) and r.name == "mose" and r.split == "val"
     check_masks(list(r), expected)
     assert r.stats.images == 2
+
+
+# -- from the mutation run (issue 16) --
+LAYOUT = (
+    "<root>/meta_{train,valid}.json, <root>/{train,valid}/JPEGImages/<video>/%05d.jpg and "
+    "<root>/{train,valid}/Annotations/<video>/%05d.png"
+)
+
+
+@pytest.mark.parametrize(
+    "remove, split, what",
+    [
+        ("meta_valid.json", "val", "video list"),
+        ("train/JPEGImages", "train", "frame folder"),
+        ("valid/Annotations", "val", "annotation folder"),
+    ],
+)
+def test_a_missing_part_is_named_in_the_exact_message(tree, remove, split, what):
+    """The user reads which part is missing: the path, its role and the expected layout."""
+    root, _ = tree
+    target = root / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(UsamError) as err:
+        Mose(root=root, split=split)
+    assert str(err.value) == f"{target} not found ({what}); expected {LAYOUT}"
+
+
+@pytest.mark.parametrize("text", ['{"vids": {}}', '["a-vid", "b-vid"]', '"a-vid"'])
+def test_meta_without_a_videos_object_exact_message(tree, text):
+    """A JSON list or string is refused with the same message as a dict lacking "videos"."""
+    root, _ = tree
+    (root / "meta_train.json").write_text(text)
+    with pytest.raises(UsamError) as err:
+        _ = Mose(root=root, split="train").entries
+    assert str(err.value) == (
+        f'{root / "meta_train.json"} has no "videos" object; '
+        'expected {"videos": {name: {"length": N, ...}}}'
+    )
+
+
+def test_a_listed_name_leaving_the_root_is_blamed_on_the_meta_file(tree, caplog):
+    """The skip names the meta file the bad name came from (skipped, or the strict error)."""
+    root, _ = tree
+    meta_file = root / "meta_valid.json"
+    meta = json.loads(meta_file.read_text())
+    meta["videos"]["../c"] = {"length": 5}
+    meta_file.write_text(json.dumps(meta))
+    why = "video '../c' leaves the dataset root (has '..' segments); skipped"
+    r = Mose(root=root, split="val")
+    with caplog.at_level(logging.WARNING):
+        assert [e.group for e in r.entries] == ["c", "d"]
+    assert r.stats.unreadable == [{"file": str(meta_file), "reason": why}]
+    assert [rec.getMessage() for rec in caplog.records] == [f"skipping video {meta_file}: {why}"]
+    with pytest.raises(SampleError) as err:
+        _ = Mose(root=root, split="val", strict=True).entries
+    assert (err.value.path, err.value.reason) == (str(meta_file), why)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import pickle
+import shutil
 from pathlib import Path
 
 import cv2
@@ -350,3 +353,400 @@ def test_hydra_config_instantiates(train_root, compose_cfg):
     reader = instantiate(cfg.dataset)
     assert isinstance(reader, SAV) and reader.name == "sav" and len(reader) == 3
     assert reader.train_subsets == ["sav_001"]
+
+
+# -- from the mutation run (issue 16) --
+RLE_PATH = Path("sav_train/sav_000/vid_manual.json")
+WHAT = "masklet 2 in annotated frame 3"
+# a 3x5 mask whose top-left pixel is set: column-major COCO RLE, first (background) run is 0
+CORNER = np.zeros((3, 5), bool)
+CORNER[0, 0] = CORNER[2, 1] = CORNER[1, 4] = True
+CORNER_COUNTS = "014030J"  # runs 0, 1, 4, 1, 7, 1, 1
+REAL_CAPTURE = cv2.VideoCapture
+
+
+def sav_records(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == sav.__name__]
+
+
+def test_defaults_parallel_load_and_content_settings(tmp_path):
+    """split defaults to val; only train (one forward-read video) loads serially."""
+    root = make_train(make_val(tmp_path / "SAV"))
+    val = SAV(root=root)
+    assert val.split == "val" and [e.group for e in val.entries] == ["v1"] * 3 + ["v2"]
+    assert val.parallel_load is True
+    train = SAV(root=root, split="train", annotation_set="auto")
+    assert train.parallel_load is False
+    assert train.content_settings() == {"annotation_set": "auto"}
+
+
+def test_unknown_annotation_set_exact_message(train_root):
+    with pytest.raises(UsamError) as err:
+        SAV(root=train_root, split="train", annotation_set="all")
+    assert str(err.value) == "dataset.annotation_set must be one of manual, auto, both, got 'all'"
+
+
+@pytest.mark.parametrize(
+    "remove, split, what",
+    [
+        ("sav_train", "train", "SA-V train folder"),
+        ("sav_val/sav_val.txt", "val", "SA-V val video list"),
+        ("sav_val/JPEGImages_24fps", "val", "SA-V val frames"),
+        ("sav_val/Annotations_6fps", "val", "SA-V val annotations"),
+    ],
+)
+def test_a_missing_part_is_named_in_the_exact_message(tmp_path, remove, split, what):
+    root = make_train(make_val(tmp_path / "SAV"))
+    target = root / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(UsamError) as err:
+        SAV(root=root, split=split)
+    assert str(err.value) == f"{target} not found ({what}); expected {sav.LAYOUT}"
+
+
+def test_missing_train_subsets_exact_message(train_root, tmp_path):
+    d = train_root / "sav_train"
+    with pytest.raises(UsamError) as err:
+        SAV(root=train_root, split="train", train_subsets=["sav_007", "sav_000", "sav_009"])
+    assert str(err.value) == (
+        f"dataset.train_subsets names sav_007, sav_009, not found in {d} "
+        "(present: sav_000, sav_001)"
+    )
+    bare = tmp_path / "bare" / "sav_train"
+    bare.mkdir(parents=True)
+    (bare / "notes.txt").write_text("a file, not a subset folder")
+    with pytest.raises(UsamError) as err:
+        SAV(root=tmp_path / "bare", split="train", train_subsets="sav_000")
+    assert str(err.value) == (
+        f"dataset.train_subsets names sav_000, not found in {bare} (present: none)"
+    )
+
+
+def test_train_index_skips_with_exact_reasons_and_log(train_root, caplog):
+    """Under `both`: an auto id at the offset is refused, a JSON-less mp4 names both JSONs,
+    a JSON with no annotated frame gives no entry and no skip."""
+    s0 = train_root / "sav_train" / "sav_000"
+    data = masklet_json(s0 / "vid_b_auto.json", [5, 7])
+    data["masklet_id"] = [5, AUTO_ID_OFFSET]  # masklet 100000 holds box(k, 7)
+    (s0 / "vid_b_auto.json").write_text(json.dumps(data))
+    write_video(s0 / "vid_e.mp4", n=3)
+    masklet_json(s0 / "vid_e_manual.json", [], n=0)
+    write_video(s0 / "vid_z.mp4", n=3)
+    with caplog.at_level(logging.WARNING, logger=sav.__name__):
+        r = SAV(root=train_root, split="train", annotation_set="both", train_subsets="sav_000")
+        assert [e.group for e in r.entries] == ["vid_a"] * 5
+    why_b = "masklet ids must lie in [0, 100000) to merge manual and auto"
+    why_z = "no annotation file (vid_z_manual.json or vid_z_auto.json)"
+    b_auto, z_mp4 = str(s0 / "vid_b_auto.json"), str(s0 / "vid_z.mp4")
+    assert r.stats.unreadable == [
+        {"file": b_auto, "reason": why_b},
+        {"file": z_mp4, "reason": why_z},
+    ]
+    assert sav_records(caplog) == [
+        f"skipping video: {b_auto}: {why_b}",
+        f"skipping video: {z_mp4}: {why_z}",
+    ]
+    # the id range only matters when merging: `auto` alone keeps id 100000 as it is
+    auto = SAV(root=train_root, split="train", annotation_set="auto", train_subsets="sav_000")
+    vid_b = [e for e in auto.entries if e.group == "vid_b"]
+    assert len(vid_b) == 5
+    s = auto.load(vid_b[2])
+    assert sorted(s.masks) == [5, AUTO_ID_OFFSET]
+    assert np.array_equal(s.masks[5], box(2, 5))
+    assert np.array_equal(s.masks[AUTO_ID_OFFSET], box(2, 7))
+    auto.close()
+
+
+def test_train_both_with_a_shorter_manual_json(train_root):
+    """Past the end of the (shorter) manual JSON, the auto masklets still come."""
+    s1 = train_root / "sav_train" / "sav_001"
+    masklet_json(s1 / "vid_c_auto.json", [4, 0], n=5)  # manual [1] has 3 annotated frames
+    r = SAV(root=train_root, split="train", annotation_set="both", train_subsets=["sav_001"])
+    samples = list(r)
+    assert [s.name[-5:] for s in samples] == ["00000", "00004", "00008", "00012", "00016"]
+    for k, s in enumerate(samples):
+        check_train_sample(s, [1] if k < 3 else [], {4: AUTO_ID_OFFSET, 0: AUTO_ID_OFFSET})
+    assert r.stats.instances == 3 * 3 + 2 * 2 and r.stats.unreadable == []
+
+
+def test_train_instance_cap_blames_the_video(train_root):
+    r = SAV(
+        root=train_root,
+        split="train",
+        annotation_set="both",
+        train_subsets=["sav_000"],
+        max_instances=3,
+    )
+    assert [s.group for s in r] == ["vid_b"] * 5  # vid_a: manual [0, 1] + auto [0, 3]
+    why = (
+        "4 instances, more than dataset.max_instances=3 "
+        "(not a label map of objects? raise the cap if it is)"
+    )
+    mp4 = str(train_root / "sav_train" / "sav_000" / "vid_a.mp4")
+    assert r.stats.unreadable == [{"file": mp4, "reason": why}] * 5
+
+
+def test_train_bad_masklet_size_exact_reason(train_root):
+    path = train_root / "sav_train" / "sav_001" / "vid_c_manual.json"
+    data = masklet_json(path, [1, 6], n=3)
+    data["masklet"][2][1] = rle(box(2, 6)[:40], (40, W))
+    path.write_text(json.dumps(data))
+    r = SAV(root=train_root, split="train", train_subsets=["sav_001"])
+    assert [s.name[-5:] for s in r] == ["00000", "00004"]
+    assert r.stats.unreadable == [
+        {
+            "file": str(path),
+            "reason": "masklet 6 in annotated frame 2 is 64x40 but the video frame is 64x48",
+        }
+    ]
+
+
+class RecordingCapture:
+    """A real VideoCapture whose calls are logged; `broken` makes read() raise cv2.error."""
+
+    def __init__(self, path, calls: list, broken: bool = False):
+        self._cap, self.calls, self.broken = REAL_CAPTURE(path), calls, broken
+        calls.append(("open", Path(path).name))
+
+    def isOpened(self):  # noqa: N802 - cv2's name
+        return self._cap.isOpened()
+
+    def set(self, prop, n):
+        self.calls.append(("seek", int(n)))
+        return self._cap.set(prop, n)
+
+    def grab(self):
+        ok = self._cap.grab()
+        self.calls.append("grab" if ok else "grab failed")
+        return ok
+
+    def read(self):
+        self.calls.append("read")
+        if self.broken:
+            raise cv2.error("decoder gave up")
+        return self._cap.read()
+
+    def get(self, prop):
+        return self._cap.get(prop)
+
+    def release(self):
+        self.calls.append("release")
+        self._cap.release()
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    log: list = []
+    monkeypatch.setattr(
+        sav.cv2, "VideoCapture", lambda p: RecordingCapture(p, log, "glitch" in str(p))
+    )
+    return log
+
+
+def test_read_frame_reads_forward_within_max_grab_and_seeks_otherwise(
+    train_root, calls, monkeypatch
+):
+    monkeypatch.setattr(sav, "_MAX_GRAB", 3)
+    r = SAV(root=train_root, split="train")
+    video = r.entries[0].info["video"]
+    got = [frame_of(r.read_frame(video, n)) for n in (0, 4, 5, 9, 14, 2, 16)]
+    assert got == [0, 4, 5, 9, 14, 2, 16]
+    assert calls == [
+        ("open", "vid_a.mp4"), "read",  # frame 0: where the video starts
+        "grab", "grab", "grab", "read",  # 4: exactly _MAX_GRAB ahead, read forward
+        "read",  # 5: the next frame
+        "grab", "grab", "grab", "read",  # 9
+        ("seek", 14), "read",  # 14: 4 ahead, past _MAX_GRAB
+        ("seek", 2), "read",  # 2: behind
+        ("seek", 16), "read",
+    ]  # fmt: skip
+    del calls[:]
+    with pytest.raises(SampleError) as err:
+        r.read_frame(video, 18)  # past the end: no read after the failed grab
+    assert (err.value.path, err.value.reason) == (
+        str(video),
+        "cannot read frame 18 (the video reports 17 frames)",
+    )
+    assert calls == ["grab failed", "release"]
+    assert r._cap is None
+
+
+def test_read_frame_broken_video_fails_fast_without_reopening(train_root, tmp_path, calls):
+    r = SAV(root=train_root, split="train")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    for _ in range(2):
+        with pytest.raises(SampleError) as err:
+            r.read_frame(bad, 4)
+        assert (err.value.path, err.value.reason) == (
+            str(bad),
+            "cannot open video (missing, corrupt or unknown codec)",
+        )
+    assert calls == [("open", "bad.mp4")]
+    # a cv2.error while decoding is a SampleError about the frame too
+    glitch = tmp_path / "glitch.mp4"
+    write_video(glitch, n=6)
+    with pytest.raises(SampleError) as err:
+        r.read_frame(glitch, 1)
+    assert (err.value.path, err.value.reason) == (
+        str(glitch),
+        "cannot read frame 1 (the video reports 6 frames)",
+    )
+
+
+def test_train_video_opened_and_json_parsed_once_per_video(train_root, calls, monkeypatch):
+    r = SAV(root=train_root, split="train")
+    assert len(r.entries) == 13  # indexing parses each JSON once too: spy only on loading
+    parsed = []
+    real = sav.read_annotation
+    monkeypatch.setattr(sav, "read_annotation", lambda p: parsed.append(p.name) or real(p))
+    assert len(list(r)) == 13
+    assert parsed == ["vid_a_manual.json", "vid_b_manual.json", "vid_c_manual.json"]
+    assert [c for c in calls if c[0] == "open"] == [
+        ("open", "vid_a.mp4"),
+        ("open", "vid_b.mp4"),
+        ("open", "vid_c.mp4"),
+    ]
+
+
+def test_pickled_reader_reopens_the_video_and_reparses(train_root):
+    r = SAV(root=train_root, split="train")
+    check_train_sample(r.load(r.entries[1]), [0, 1])  # opens vid_a, parses its JSON
+    state = r.__getstate__()
+    reset = ("_cap", "_cap_path", "_pos", "_ann_video", "_ann")
+    assert {k: state[k] for k in reset} == dict(
+        _cap=None, _cap_path=None, _pos=0, _ann_video=None, _ann=[]
+    )
+    assert r._cap is not None and r._pos == 5  # the reader itself keeps its open video
+    clone = pickle.loads(pickle.dumps(r))
+    check_train_sample(clone.load(clone.entries[2]), [0, 1])
+    check_train_sample(r.load(r.entries[3]), [0, 1])
+    r.close()
+    clone.close()
+
+
+@pytest.mark.parametrize("read_annotation_masklet, why", [
+    ({"0": []}, "TypeError: 'masklet' is not a list"),
+    ([[None], [None, None]], "TypeError: annotated frame 1 does not hold one RLE per masklet id"),
+    ([[None], 5], "TypeError: annotated frame 1 does not hold one RLE per masklet id"),
+])  # fmt: skip
+def test_broken_masklet_structure_exact_reason(tmp_path, read_annotation_masklet, why):
+    p = tmp_path / "v_manual.json"
+    p.write_text(json.dumps({"masklet_id": [3], "masklet": read_annotation_masklet}))
+    with pytest.raises(SampleError) as err:
+        sav.read_annotation(p)
+    assert (err.value.path, err.value.reason) == (str(p), f"broken annotation file ({why})")
+
+
+def test_decode_rle_is_column_major_and_allows_a_leading_zero_run():
+    assert sav.rle_counts(CORNER_COUNTS) == [0, 1, 4, 1, 7, 1, 1]
+    for counts in (CORNER_COUNTS, CORNER_COUNTS.encode()):
+        m = sav.decode_rle({"size": [3, 5], "counts": counts}, (3, 5), RLE_PATH, WHAT)
+        assert m.dtype == bool and np.array_equal(m, CORNER)
+    assert sav.decode_rle({"size": [3, 5], "counts": "?"}, (3, 5), RLE_PATH, WHAT) is None
+    assert sav.decode_rle(None, (3, 5), RLE_PATH, WHAT) is None
+    assert sav.decode_rle({"size": [0, 5], "counts": ""}, (0, 5), RLE_PATH, WHAT) is None
+
+
+@pytest.mark.parametrize(
+    "bad_rle, reason",
+    [
+        ({"counts": CORNER_COUNTS}, "malformed RLE (KeyError('size'))"),
+        (
+            {"size": [3, 5], "counts": [0, 1, 4, 1, 7, 1, 1]},
+            "RLE counts must be a compressed RLE string",
+        ),
+        (
+            {"size": [3, 5], "counts": "01403P"},
+            "undecodable RLE (compressed RLE string ends inside a number)",
+        ),
+        ({"size": [3, 5], "counts": "01403"}, "RLE runs cover 13 pixels, the frame has 15"),
+        # runs 1, 15, -1 add up to the frame's 15 pixels: the negative run is the problem
+        ({"size": [3, 5], "counts": "1?O"}, "RLE has a negative run (-1 pixels)"),
+    ],
+)
+def test_decode_rle_refusals_exact_reason(bad_rle, reason):
+    with pytest.raises(SampleError) as err:
+        sav.decode_rle(bad_rle, (3, 5), RLE_PATH, WHAT)
+    assert (err.value.path, err.value.reason) == (str(RLE_PATH), f"{WHAT}: {reason}")
+
+
+def test_decode_rle_reports_a_pycocotools_refusal(monkeypatch):
+    """No input that passes the checks makes pycocotools raise today; its refusal is still
+    a SampleError naming the file."""
+
+    def refuse(rle):
+        raise ValueError("pycocotools says no")
+
+    monkeypatch.setattr(sav.mask_utils, "decode", refuse)
+    with pytest.raises(SampleError) as err:
+        sav.decode_rle({"size": [3, 5], "counts": CORNER_COUNTS}, (3, 5), RLE_PATH, WHAT)
+    assert (err.value.path, err.value.reason) == (
+        str(RLE_PATH),
+        f"{WHAT}: undecodable RLE (pycocotools says no)",
+    )
+
+
+def png(path: Path, m: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(m.astype(np.uint8) * 255).save(path)
+
+
+def test_val_index_names_skips_objects_and_frame_order(tmp_path, caplog):
+    root = tmp_path / "SAV"
+    d = root / "sav_val"
+    ann, jpg = d / "Annotations_6fps", d / "JPEGImages_24fps"
+    for f in (0, 4, 8):
+        p = jpg / "v_mix" / f"{f:05d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((H, W, 3), COLORS[f], np.uint8)).save(p, quality=95)
+    (ann / "v_none").mkdir(parents=True)
+    png(ann / "v_mix" / "001" / "00000.png", box(0, 1))
+    png(ann / "v_mix" / "001" / "00004.png", box(4, 1))
+    png(ann / "v_mix" / "002" / "00008.png", box(8, 2))
+    (ann / "v_mix" / ".DS_Store").write_text("sorts first, not an object")
+    (ann / "v_mix" / "010").write_text("a digit-named file, not an object folder")
+    (ann / "v_mix" / "masks").mkdir()
+    for f in ("9", "100", "10"):
+        png(ann / "v_num" / "003" / f"{f}.png", box(0, 3))
+    for f in ("x", "9", "10"):
+        png(ann / "v_text" / "004" / f"{f}.png", box(0, 4))
+    (d / "sav_val.txt").write_text("../escape\nv_none\nv_mix\nv_num\nv_text\n")
+    with caplog.at_level(logging.WARNING, logger=sav.__name__):
+        r = SAV(root=root, split="val")
+        names = [e.name.split("/", 2)[2] for e in r.entries]
+    assert names == [
+        "v_mix/00000.jpg", "v_mix/00004.jpg", "v_mix/00008.jpg",
+        "v_num/9.jpg", "v_num/10.jpg", "v_num/100.jpg",
+        "v_text/10.jpg", "v_text/9.jpg", "v_text/x.jpg",
+    ]  # fmt: skip
+    why_escape = "video '../escape' leaves the dataset root (has '..' segments); skipped"
+    why_none = "listed video has no annotation PNGs"
+    assert r.stats.unreadable == [
+        {"file": str(d / "sav_val.txt"), "reason": why_escape},
+        {"file": str(ann / "v_none"), "reason": why_none},
+    ]
+    assert sav_records(caplog) == [
+        f"skipping video: {d / 'sav_val.txt'}: {why_escape}",
+        f"skipping video: {ann / 'v_none'}: {why_none}",
+        f"ignoring {ann / 'v_mix' / '.DS_Store'}: not an <obj_id> folder",
+        f"ignoring {ann / 'v_mix' / '010'}: not an <obj_id> folder",
+        f"ignoring {ann / 'v_mix' / 'masks'}: not an <obj_id> folder",
+    ]
+    # frame 8 has object 2 only: object 1's missing PNG does not stop the others
+    samples = [r.load(e) for e in r.entries[:3]]
+    assert [sorted(s.masks) for s in samples] == [[1], [1], [2]]
+    assert np.array_equal(samples[0].masks[1], box(0, 1))
+    assert np.array_equal(samples[2].masks[2], box(8, 2))
+    with pytest.raises(SampleError) as err:
+        _ = SAV(root=root, split="val", strict=True).entries
+    assert (err.value.path, err.value.reason) == (str(d / "sav_val.txt"), why_escape)
+
+
+def test_val_mask_size_mismatch_exact_reason(val_root):
+    bad = val_root / "sav_val" / "Annotations_6fps" / "v2" / "002" / "00000.png"
+    Image.fromarray(np.zeros((H // 2, W), np.uint8)).save(bad)
+    r = SAV(root=val_root, split="val")
+    with pytest.raises(SampleError) as err:
+        r.load(r.entries[3])
+    assert (err.value.path, err.value.reason) == (str(bad), "mask is 64x24, frame is 64x48")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -85,3 +86,102 @@ def test_directions_of_estimators_follow_their_target_even_with_a_set_prefix():
     assert direction("object_score") == "low"
     with pytest.raises(ValueError, match="unknown score"):
         direction("h_all")
+
+
+# -- from the mutation run (issue 16) --
+def test_frame_iou_reads_label_masks_as_bool_whatever_the_object_id():
+    """A uint8 mask of object id 2 is True where it is non-zero; a bitwise `2 & True` is 0."""
+    ids = np.array([[2, 0, 2, 0]], np.uint8)  # object 2 on pixels 0 and 2
+    gt = np.array([[True, True, False, False]])  # pixels 0 and 1: 1 shared of 3
+    assert frame_iou(ids, gt) == pytest.approx(1 / 3)
+    assert frame_iou(gt, ids) == pytest.approx(1 / 3)
+
+
+def test_auroc_takes_0_1_labels_and_numbers_given_as_text():
+    """0/1 ints are labels, not indices; "10" > "9" by value, not as text."""
+    # same case as above with 0/1 labels: failures 0.8, 0.3 vs 0.1, 0.5 -> 3/4
+    assert auroc([0, 1, 0, 1], [0.1, 0.8, 0.5, 0.3]) == pytest.approx(0.75)
+    # the failure scores 10 against 9 and 2: ranked right in both pairs
+    assert auroc([False, True, False], ["9", "10", "2"]) == 1.0
+
+
+def test_auroc_size_mismatch_message():
+    with pytest.raises(ValueError) as e:
+        auroc([True, False, True], [0.1, 0.2])
+    assert str(e.value) == "3 labels for 2 scores"
+
+
+def test_auroc_without_positives_or_negatives_is_nan_without_dividing_by_zero():
+    """One class only -> NaN at once (no 0/0 RuntimeWarning from the U statistic)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(auroc([False, False, False], [0.1, 0.7, 0.3]))
+        assert math.isnan(auroc([True, True], [0.4, 0.2]))
+
+
+def test_direction_uses_only_the_last_part_of_a_nested_name():
+    assert direction("video/track/iou_large") == "low"
+    assert direction("a/b/h_task") == "high"
+
+
+def test_score_report_default_grid_is_51_points_up_to_one_half():
+    iou = np.array([0.9, 0.2, 0.7, 0.4])
+    rep = score_report(iou, {"predicted_iou": np.array([0.9, 0.2, 0.5, 0.7])})
+    assert len(rep["r"]) == 51
+    assert rep["r"][1] == pytest.approx(0.01) and rep["r"][-1] == 0.5
+
+
+def test_score_report_missing_values_given_as_none_are_left_out():
+    """None in the IoU or in a score is NaN (left out), not an object array."""
+    iou = [0.9, 0.2, None, 0.7, 0.4]
+    rep = score_report(iou, {"predicted_iou": [0.9, 0.2, 0.5, 0.5, 0.7]}, r_points=3)
+    assert (rep["frames"], rep["frames_left_out"]) == (4, 1)
+    assert rep["mean_iou"] == pytest.approx(0.55)
+    iou = [0.9, 0.2, 0.3, 0.7, 0.4]
+    rep = score_report(iou, {"predicted_iou": [0.9, 0.2, None, 0.5, 0.7]}, r_points=3)
+    assert (rep["frames"], rep["frames_left_out"]) == (4, 1)
+    assert rep["scores"]["predicted_iou"]["relative_auc"] == pytest.approx(0.9)
+
+
+def test_score_report_a_nan_in_any_column_or_in_the_iou_drops_the_frame():
+    """NaN in the first of two score columns (frame 0) and in the IoU (frame 4) both count."""
+    iou = np.array([0.3, 0.9, 0.2, 0.7, math.nan, 0.4])
+    rep = score_report(
+        iou,
+        {
+            "predicted_iou": np.array([math.nan, 0.9, 0.2, 0.5, 0.6, 0.7]),
+            "entropy": np.array([0.5, 0.3, 0.6, 0.1, 0.2, 0.9]),
+        },
+        r_points=3,
+    )
+    assert (rep["frames"], rep["frames_left_out"], rep["failures"]) == (4, 2, 2)
+    assert rep["mean_iou"] == pytest.approx(0.55)
+
+
+def test_score_report_an_iou_of_exactly_the_threshold_is_not_a_failure():
+    iou = np.array([0.5, 0.2, 0.9, 0.49])
+    rep = score_report(iou, {"entropy": np.array([0.4, 0.8, 0.1, 0.3])}, r_points=3)
+    assert rep["failure_iou"] == 0.5
+    assert rep["failures"] == 2  # 0.2 and 0.49, not 0.5
+    # failures 0.8, 0.3 vs 0.4, 0.1: 3 of 4 pairs right (0.3 < 0.4)
+    assert rep["scores"]["entropy"]["failure_auroc"] == pytest.approx(0.75)
+
+
+def test_score_report_with_no_usable_frame_is_nan_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = score_report([math.nan, 0.4], {"entropy": [0.2, math.nan]})
+    assert (rep["frames"], rep["frames_left_out"], rep["failures"]) == (0, 2, 0)
+    assert math.isnan(rep["mean_iou"])
+    assert rep["scores"] == {} and "relative_auc" not in rep
+
+
+def test_score_report_lists_the_relative_auc_of_every_curve():
+    """Top-level relative_auc: the oracle, random and each score, same as per score."""
+    iou = np.array([0.9, 0.2, 0.7, 0.4])
+    rep = score_report(iou, {"predicted_iou": np.array([0.9, 0.2, 0.5, 0.7])}, r_points=3)
+    assert sorted(rep["relative_auc"]) == ["oracle", "predicted_iou", "random"]
+    assert rep["relative_auc"]["oracle"] == pytest.approx(1.0)
+    assert rep["relative_auc"]["predicted_iou"] == pytest.approx(0.9)
+    # random: mean gain 0.45 per unit r -> 0.45 * 0.5**2 / 2 = 0.05625 of the oracle's 0.09375
+    assert rep["relative_auc"]["random"] == pytest.approx(0.6)

@@ -80,7 +80,7 @@ INVERSES: dict[type, Callable[[Any], Any]] = {
 
 
 def _stable(*parts: int | str) -> list[int]:
-    return [zlib.crc32(p.encode("utf-8")) if isinstance(p, str) else int(p) for p in parts]
+    return [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
 
 
 class Variant:
@@ -95,10 +95,10 @@ class Variant:
         if self.geometric:
             self.unmap = INVERSES[type(transform)]
             kp = A.KeypointParams(format="xy", remove_invisible=False)
-            self.compose = A.Compose([transform], keypoint_params=kp, seed=0)
+            self.compose = A.Compose([transform], keypoint_params=kp)
         else:
             self.unmap = _identity
-            self.compose = A.Compose([transform], seed=0)
+            self.compose = A.Compose([transform])
 
     def __call__(
         self, image: np.ndarray, points: Any = None, key: str | None = None

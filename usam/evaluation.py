@@ -19,6 +19,7 @@ Conventions, chosen so the numbers do not depend on row order or on the grid:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -151,13 +152,14 @@ def correction_curve(
     if not np.isfinite(u).all():
         raise ValueError("scores must be finite (drop NaN rows first)")
     n = len(cheap)
-    order = np.argsort(-u, kind="stable")
+    order = np.argsort(-u)  # any order within ties: a run of equal scores shares its mean gain
     gain, us = (refined - cheap)[order], u[order]
     starts = np.flatnonzero(np.r_[True, us[1:] != us[:-1]])  # first sample of each run of ties
     counts = np.diff(np.r_[starts, n])
     gain = np.repeat(np.add.reduceat(gain, starts) / counts, counts)
     cum = np.r_[0.0, np.cumsum(gain)]  # total gain after refining k = 0..n samples
-    return cheap.mean() + np.interp(np.clip(r, 0.0, 1.0) * n, np.arange(n + 1), cum) / n
+    # np.interp holds the end values outside [0, n]: r < 0 gains nothing, r > 1 everything
+    return cheap.mean() + np.interp(r * n, np.arange(n + 1), cum) / n
 
 
 def oracle_curve(cheap: np.ndarray, refined: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
@@ -183,7 +185,7 @@ def area(curve: np.ndarray, r: np.ndarray) -> float:
 def relative_auc(curve: np.ndarray, oracle: np.ndarray, r: np.ndarray) -> float:
     """area(curve) / area(oracle); NaN when the oracle gains nothing (no sample improves)."""
     best = area(oracle, r)
-    return area(curve, r) / best if best > 0 else float("nan")
+    return area(curve, r) / best if best > 0 else math.nan
 
 
 # ---- correlations ----------------------------------------------------------------------------
@@ -192,10 +194,10 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 3:
-        return float("nan")
+        return math.nan
     x, y = x[ok] - x[ok].mean(), y[ok] - y[ok].mean()
     denom = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / denom) if denom > 0 else float("nan")
+    return float((x * y).sum() / denom) if denom > 0 else math.nan
 
 
 def pearson_matrix(columns: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> np.ndarray:
@@ -216,7 +218,7 @@ def compare(
     r: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Curves and relative AUCs of `oracle`, `random` and each score (oriented: high = uncertain)."""
-    r = r_grid() if r is None else np.asarray(r, dtype=np.float64)
+    r = r_grid() if r is None else r
     curves = {"oracle": oracle_curve(cheap, refined, r), "random": random_curve(cheap, refined, r)}
     for name, u in scores.items():
         curves[name] = correction_curve(cheap, refined, u, r)

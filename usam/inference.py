@@ -392,7 +392,7 @@ class UncertainSAM:
         found = {} if estimators is None else load_estimators(estimators, targets=targets)
         sam = load_sam_model(
             size,
-            None if random_weights else checkpoint,
+            checkpoint,  # ignored with random_weights
             config or registry.lookup(version, size).config,
             version=version,
             image_size=image_size,
@@ -477,8 +477,9 @@ class UncertainSAM:
                     f"point_coords must be [N, 2] or [B, N, 2] (x, y) pixels, got {points.shape}"
                 )
             ranks["point_coords"] = (points.ndim == 3, len(points) if points.ndim == 3 else 1)
+            # float labels are fine: SAM 2's _prep_prompts makes them int
             if point_labels is None:
-                labels = np.ones(points.shape[:-1], np.int64)
+                labels = np.ones(points.shape[:-1])
             else:
                 labels = _as_array(point_labels, "point_labels")
                 if labels.shape != points.shape[:-1]:
@@ -488,7 +489,6 @@ class UncertainSAM:
                     )
                 if not np.isin(labels, (-1, 0, 1)).all():
                     raise UsamError("point_labels must be 1 (foreground), 0 (background) or -1")
-                labels = labels.astype(np.int64)
             if points.ndim == 2:
                 points, labels = points[None], labels[None]
         elif point_labels is not None:

@@ -7,6 +7,8 @@ input's device. No Python loops over pixels or batch entries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -40,7 +42,8 @@ def _normalise(w: Tensor) -> Tensor:
     """Weights over the last dim scaled to sum 1; an all-zero row becomes uniform."""
     total = w.sum(-1, keepdim=True)
     uniform = torch.full_like(w, 1.0 / w.shape[-1])
-    return torch.where(total > 0, w / torch.where(total > 0, total, 1), uniform)
+    # an all-zero row divides 0 / 0 in the branch `where` discards
+    return torch.where(total > 0, w / total, uniform)
 
 
 def score_weights(scores: ArrayLike) -> Tensor:
@@ -77,6 +80,20 @@ def _bool(x: ArrayLike, what: str) -> Tensor:
     return x != 0
 
 
+def count_dtype(shape: Sequence[int]) -> torch.dtype:
+    """The integer type pixel counts of masks (..., H, W) are summed in.
+
+    int32 while H * W < 2**30, so a union (at most 2 * H * W) cannot overflow; int64 past
+    that. Exact either way, and int32 sums of 0/1 bytes run about twice as fast on a CPU.
+    """
+    return torch.int32 if shape[-2] * shape[-1] < 2**30 else torch.int64
+
+
+def pixel_count(masks: Tensor) -> Tensor:
+    """Pixels set in 0/1 byte masks (..., H, W) -> (...), summed in `count_dtype`."""
+    return masks.sum((-2, -1), dtype=count_dtype(masks.shape))
+
+
 def mask_iou(pred: ArrayLike, gt: ArrayLike) -> Tensor:
     """IoU of bool masks over the last two dims: pred (..., H, W), gt broadcastable -> (...).
 
@@ -85,15 +102,13 @@ def mask_iou(pred: ArrayLike, gt: ArrayLike) -> Tensor:
     """
     pred = _bool(pred, "pred")
     gt = _bool(gt, "gt").to(pred.device)
-    if pred.ndim < 2 or gt.ndim < 2 or pred.shape[-2:] != gt.shape[-2:]:
+    # a gt of fewer than 2 dims has a shorter shape[-2:] than pred's, so it fails the second test
+    if pred.ndim < 2 or pred.shape[-2:] != gt.shape[-2:]:
         raise ValueError(
             f"pred {tuple(pred.shape)} and gt {tuple(gt.shape)} must end in the same (H, W)"
         )
-    # counts of 0/1 bytes summed into int32 (int64 past 2**30 pixels, so a union cannot
-    # overflow): exact, and on a CPU faster than a float matmul or summing bool tensors
-    acc = torch.int32 if pred.shape[-1] * pred.shape[-2] < 2**30 else torch.int64
     p, g = pred.view(torch.uint8), gt.view(torch.uint8)
-    inter = (p * g).sum((-2, -1), dtype=acc)
-    union = p.sum((-2, -1), dtype=acc) + g.sum((-2, -1), dtype=acc) - inter
+    inter = pixel_count(p * g)
+    union = pixel_count(p) + pixel_count(g) - inter
     iou = inter.double() / union.clamp_min(1).double()
     return iou.float()

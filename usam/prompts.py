@@ -31,7 +31,7 @@ def instance_rng(seed: int, name: str, instance_id: int) -> np.random.Generator:
     """
     if seed < 0 or instance_id < 0:
         raise ValueError(f"seed and instance_id must be >= 0, got {seed}, {instance_id}")
-    return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8")), instance_id])
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), instance_id])
 
 
 def prompt_region(mask: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def prompt_region(mask: np.ndarray) -> np.ndarray:
         raise ValueError("empty mask: no foreground pixel to prompt")
     # cv2's default border for erode counts outside pixels as foreground, so objects
     # touching the image edge are not eaten from that side (same as the published code).
-    eroded = cv2.erode(mask.astype(np.uint8), _KERNEL, iterations=1).astype(bool)
+    eroded = cv2.erode(mask.astype(np.uint8), _KERNEL).astype(bool)
     return eroded if eroded.any() else mask
 
 

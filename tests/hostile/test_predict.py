@@ -60,6 +60,10 @@ BOXES = [
         [5, 5, 5, 30],
         "box: [5, 5, 5, 30] is inverted or empty; give [x0, y0, x1, y1] with x0 < x1 and y0 < y1",
     ),
+    (
+        [5, 12, 30, 12],  # no height: empty in y as [5, 5, 5, 30] is in x
+        "box: [5, 12, 30, 12] is inverted or empty; give [x0, y0, x1, y1] with x0 < x1 and y0 < y1",
+    ),
     ([5, 5, 57, 30], f"box: [5, 5, 57, 30] reaches outside {SIZE}; clip it to the image"),
     ([-1, 5, 20, 30], f"box: [-1, 5, 20, 30] reaches outside {SIZE}; clip it to the image"),
 ]

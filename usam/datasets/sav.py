@@ -87,7 +87,9 @@ def decode_rle(rle: dict[str, Any] | None, shape: tuple[int, int], path: Path, w
         raise SampleError(path, f"{what}: undecodable RLE ({err})") from None
     if runs is None:
         raise SampleError(path, f"{what}: RLE counts must be a compressed RLE string")
-    if sum(runs) != size[0] * size[1] or min(runs, default=0) < 0:
+    if min(runs, default=0) < 0:
+        raise SampleError(path, f"{what}: RLE has a negative run ({min(runs)} pixels)")
+    if sum(runs) != size[0] * size[1]:
         raise SampleError(
             path, f"{what}: RLE runs cover {sum(runs)} pixels, the frame has {size[0] * size[1]}"
         )
