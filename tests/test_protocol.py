@@ -330,3 +330,165 @@ def test_evaluate_cuts_the_split_as_training_did(tmp_path, compose_cfg):
     assert summary["protocol"] == "out-of-sample"
     view = c.subset(np.flatnonzero(np.isin(c.groups, sorted(set(val_large.groups)))))
     assert summary["rows"] == len(view)  # every model's rows of the training's validation groups
+
+
+# -- from the mutation run: split_groups and describe (issue 16) -----------------------------------
+def groups_container(root: Path, counts: dict[str, int]) -> Container:
+    """One row per record: `counts[g]` images of video g (dataset davis)."""
+    for g, n in counts.items():
+        for i in range(n):
+            write_record(root / "records", *make_record(f"{g}/{i:05d}.jpg", g, models=["large"]))
+    ContainerWriter(roots=[root / "records"], out=root / "c").write()
+    return Container.open(root / "c")
+
+
+def val_groups(split) -> list[str]:
+    return sorted(set().union(*(set(v.groups) for _, v in split)))
+
+
+def test_split_sums_a_groups_rows_over_the_containers_and_cuts_at_the_nearest_share(tmp_path):
+    # seed 0 ranks davis' g1, g3, g2 in that order (a blake2b hash: the same everywhere)
+    from usam.protocol import _group_rank
+
+    assert sorted(["g1", "g2", "g3"], key=lambda g: _group_rank(0, "davis", g)) == [
+        "g1",
+        "g3",
+        "g2",
+    ]
+    a = groups_container(tmp_path / "a", {"g1": 3, "g2": 6})
+    b = groups_container(tmp_path / "b", {"g1": 2, "g3": 1})
+    # rows in rank order g1 = 3 + 2, g3 = 1, g2 = 6: cumulative 5, 6, 12. A share of 0.42
+    # wants 5.04 rows: g1 alone (5) is nearest. With g1 counted in one container only
+    # (2 rows: 2, 3, 9 wanting 3.78) g1 + g3 would be nearest instead.
+    split = split_groups([a, b], 0.42, 0)
+    assert val_groups(split) == ["g1"]
+    assert [len(v.rows) for _, v in split] == [3, 2] and [len(t.rows) for t, _ in split] == [6, 1]
+    assert val_groups(split_groups([a, b], 0.5, 0)) == ["g1", "g3"]  # 6 rows of 12
+
+
+def test_split_keeps_one_group_on_each_side_and_counts_small_groups_exactly(tmp_path):
+    c = groups_container(tmp_path, {"g1": 1, "g3": 1, "g2": 8})  # rank order g1, g3, g2
+    # 0.2 of 10 rows = 2: g1 + g3 exactly (one extra row per group would make it 2.6 of 13)
+    assert val_groups(split_groups([c], 0.2, 0)) == ["g1", "g3"]
+    assert val_groups(split_groups([c], 0.01, 0)) == ["g1"]  # at least one group in val
+    assert val_groups(split_groups([c], 0.99, 0)) == ["g1", "g3"]  # at least one in train
+    two = groups_container(tmp_path / "two", {"g1": 1, "g2": 1})
+    ((train, val),) = split_groups([two], 0.5, 0)
+    assert sorted([*train.groups, *val.groups]) == ["g1", "g2"] and len(val.rows) == 1
+
+
+def test_split_refusals_word_for_word(tmp_path):
+    a = groups_container(tmp_path / "a", {"g1": 2})
+    b = groups_container(tmp_path / "b", {"g1": 1})
+    with pytest.raises(UsamError) as e:
+        split_groups([a, b], 0.3, 0)
+    assert (
+        str(e.value) == f"{a.path}, {b.path}: 1 group(s) in these rows; a split by group needs two"
+    )
+    for bad in (0, 1, 1.5, -0.2):
+        with pytest.raises(UsamError) as e:
+            split_groups([a], bad, 0)
+        assert str(e.value) == f"val_fraction must be between 0 and 1, got {bad}"
+
+
+def test_split_takes_an_empty_part_along(tmp_path):
+    c = groups_container(tmp_path, {"g1": 1, "g3": 1, "g2": 8})
+    empty = c.subset(np.array([], dtype=np.int64))
+    (t, v), (te, ve) = split_groups([c, empty], 0.2, 0)
+    assert sorted(set(v.groups)) == ["g1", "g3"] and len(te.rows) == len(ve.rows) == 0
+
+
+def test_describe_names_every_container_and_how_the_bundle_was_fitted():
+    from usam.protocol import describe
+
+    record = {
+        "containers": [{"path": "runs/a"}, {"path": "runs/b"}],
+        "fit": "train",
+        "split": {"val_fraction": 0.2, "seed": 3},
+        "filters": {"augmented": True, "model": "large"},
+    }
+    assert describe(record) == (
+        "runs/a, runs/b: the train side of the group split (val_fraction=0.2, seed=3), "
+        "variant rows included, large rows only"
+    )
+    assert describe({}) == ": all rows (train + validation split), original-image rows"
+
+
+def test_seen_groups_file_and_rows_word_for_word(tmp_path):
+    from usam.protocol import SEEN_FILE, SEEN_SCHEMA, write_seen
+
+    groups = {"davis": ["g2", "g1"], "mose": ["m7"]}
+    fields = write_seen(tmp_path, groups)
+    raw = (tmp_path / SEEN_FILE).read_bytes()
+    assert json.loads(raw) == {"schema": SEEN_SCHEMA, "kind": "usam.seen_groups", "groups": groups}
+    assert fields == {
+        "seen_groups_file": SEEN_FILE,
+        "seen_groups": 3,
+        "seen_groups_sha256": hashlib.sha256(raw).hexdigest(),
+    }
+    c = groups_container(tmp_path / "c", {"g1": 1, "g3": 2, "g2": 1})
+    hit = seen_rows(c, read_seen(tmp_path, fields))
+    assert hit.dtype == bool and sorted(np.asarray(c.groups)[hit]) == ["g1", "g2"]
+    empty = seen_rows(c.subset(np.array([], dtype=np.int64)), {"davis": {"g1"}})
+    assert empty.dtype == bool and empty.shape == (0,)
+
+
+def test_describe_says_which_rows_a_refit_or_a_val_container_fit_used():
+    from usam.protocol import describe
+
+    assert describe(
+        {"containers": [{"path": "a"}], "fit": "all", "split": {"val_fraction": 0.2, "seed": 0}}
+    ) == ("a: all rows (train + validation split), original-image rows")
+    assert (
+        describe(
+            {
+                "containers": [{"path": "a"}],
+                "fit": "train",
+                "val_container": {"path": "v"},
+                "filters": {"model": "tiny"},
+            }
+        )
+        == "a: all rows (validated on v), original-image rows, tiny rows only"
+    )
+
+
+def test_read_seen_follows_the_recorded_file_name_and_refuses_word_for_word(tmp_path):
+    from usam.protocol import write_seen
+
+    fields = write_seen(tmp_path, {"davis": ["g1"]})
+    (tmp_path / "seen_groups.json").rename(tmp_path / "elsewhere.json")
+    moved = {**fields, "seen_groups_file": "elsewhere.json"}
+    assert read_seen(tmp_path, moved) == {"davis": {"g1"}}
+    # a config.json without the file's name: the default seen_groups.json
+    old = tmp_path / "old"
+    digest = write_seen(old, {"mose": ["m2"]})["seen_groups_sha256"]
+    assert read_seen(old, {"seen_groups_sha256": digest}) == {"mose": {"m2"}}
+    with pytest.raises(UsamError) as e:
+        read_seen(tmp_path, fields)
+    assert str(e.value) == (
+        f"{tmp_path / 'seen_groups.json'} is missing: this bundle cannot show which rows it was "
+        "trained on; retrain it with python -m usam.train"
+    )
+    with pytest.raises(UsamError) as e:
+        read_seen(tmp_path, {**moved, "seen_groups_sha256": "0" * 64})
+    assert str(e.value) == (
+        f"{tmp_path / 'elsewhere.json'} does not match the digest in {tmp_path / 'config.json'} "
+        "(a half-written or edited bundle); retrain it with python -m usam.train"
+    )
+
+
+def test_container_identity_and_group_table_word_for_word(tmp_path):
+    from usam.protocol import container_identity
+
+    a = groups_container(tmp_path / "a", {"g2": 2, "g1": 1})
+    b = groups_container(tmp_path / "b", {"g3": 1})
+    meta = (tmp_path / "a" / "c" / "meta.json").read_bytes()
+    assert container_identity(a) == {
+        "path": str((tmp_path / "a" / "c").resolve()),
+        "meta_sha256": hashlib.sha256(meta).hexdigest(),
+        "rows": 3,
+    }
+    one_row = a.subset(np.array([2]))
+    empty = a.subset(np.array([], dtype=np.int64))
+    assert group_table([empty, b, a]) == {"davis": ["g1", "g2", "g3"]}
+    assert group_table([one_row, empty]) == {"davis": [a.groups[2]]}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -1145,3 +1146,20 @@ def test_merged_meta_unions_in_first_seen_order_and_keeps_the_first_for_the_rest
     assert (
         merged_meta([SimpleNamespace(meta=a), SimpleNamespace(meta=c)])["random_weights"] is False
     )
+
+
+def test_target_rows_log_the_dropped_nan_rows_and_hand_float32_on(tmp_path, caplog):
+    # from the mutation run of target_rows (issue 16): the log line word for word, and the
+    # types the trainer gets (float32 tokens and targets, the dtype of the MLP's weights)
+    c = Container.open(hand_container(tmp_path, groups=1))
+    view = c.filter(model="large", augmented=False)
+    with caplog.at_level(logging.INFO, logger="usam.train"):
+        x, y, dropped = target_rows(view, "iou_dense_prompt", "the train side")
+    assert dropped == 1 and x.dtype == np.float32 and y.dtype == np.float32
+    assert [r.getMessage() for r in caplog.records if r.name == "usam.train"] == [
+        "the train side: 1 of 2 rows have no iou_dense_prompt (NaN) and are dropped"
+    ]
+    caplog.clear()
+    x, y, dropped = target_rows(view, "task_gap", "val")
+    assert dropped == 0 and x.dtype == np.float32 and y.dtype == np.float32
+    assert not [r for r in caplog.records if r.name == "usam.train"]  # nothing dropped: no line

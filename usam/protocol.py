@@ -127,7 +127,7 @@ def seen_rows(view: Container, seen: dict[str, set[str]]) -> np.ndarray:
         np.stack([view.code("dataset"), view.code("group")], axis=1), axis=0, return_inverse=True
     )
     hit = np.array([names[int(g)] in seen.get(datasets[int(d)], ()) for d, g in pairs], dtype=bool)
-    return hit[np.asarray(inverse).reshape(-1)] if len(view) else np.zeros(0, dtype=bool)
+    return hit[np.asarray(inverse).reshape(-1)]  # an empty view: an empty bool array too
 
 
 def describe(record: dict[str, Any]) -> str:

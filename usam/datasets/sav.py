@@ -280,12 +280,7 @@ class SAV(DatasetReader):
         for data, offset, path in anns:
             if k >= len(data["masklet"]):
                 continue
-            if len(data["masklet"][k]) != len(data["masklet_id"]):
-                raise SampleError(
-                    path,
-                    f"annotated frame {k} has {len(data['masklet'][k])} masklets, "
-                    f"masklet_id lists {len(data['masklet_id'])}",
-                )
+            # read_annotation refused any frame without one RLE per masklet id
             for mid, rle in zip(data["masklet_id"], data["masklet"][k], strict=True):
                 m = decode_rle(rle, image.shape[:2], path, f"masklet {mid} in annotated frame {k}")
                 if m is not None:
