@@ -303,11 +303,8 @@ def test_predict_before_set_image(usam):
 # --------------------------------------------------------------------------- loading
 
 
-def test_from_pretrained_loads_a_checkpoint_and_infers_size_and_version(tmp_path, usam, bundles):
-    """A checkpoint of the fixture's random weights, named like Meta's: same answers."""
-    ckpt = tmp_path / "sam2.1_hiera_tiny.pt"
-    torch.save({"model": usam.sam.model.state_dict()}, ckpt)
-    loaded = UncertainSAM.from_pretrained(ckpt, bundles, image_size=128, device="cpu")
+def assert_answers_like_the_fixture(loaded: UncertainSAM, usam: UncertainSAM) -> None:
+    """A tiny sam2.1 loaded from the fixture's weights: the fixture's masks and estimates."""
     assert (loaded.sam.size, loaded.sam.version, loaded.sam.random_weights) == (
         "tiny",
         "sam2.1",
@@ -318,6 +315,14 @@ def test_from_pretrained_loads_a_checkpoint_and_infers_size_and_version(tmp_path
     np.testing.assert_array_equal(a.masks, b.masks)
     for t in b.estimates:
         np.testing.assert_allclose(a.estimates[t], b.estimates[t], atol=1e-6)
+
+
+def test_from_pretrained_loads_a_checkpoint_and_infers_size_and_version(tmp_path, usam, bundles):
+    """A checkpoint of the fixture's random weights, named like Meta's: same answers."""
+    ckpt = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": usam.sam.model.state_dict()}, ckpt)
+    loaded = UncertainSAM.from_pretrained(ckpt, bundles, image_size=128, device="cpu")
+    assert_answers_like_the_fixture(loaded, usam)
 
 
 def test_from_pretrained_random_weights_and_target_subset(bundles, caplog):
@@ -584,16 +589,7 @@ def test_from_pretrained_takes_a_hub_id_from_the_cache_without_network(
     loaded = UncertainSAM.from_pretrained(
         "facebook/sam2.1-hiera-tiny", estimators=bundles, image_size=128, device="cpu"
     )
-    assert (loaded.sam.size, loaded.sam.version, loaded.sam.random_weights) == (
-        "tiny",
-        "sam2.1",
-        False,
-    )
-    loaded.set_image(make_image())
-    a, b = loaded.predict(POINTS, LABELS), usam.predict(POINTS, LABELS)
-    np.testing.assert_array_equal(a.masks, b.masks)
-    for t in b.estimates:
-        np.testing.assert_allclose(a.estimates[t], b.estimates[t], atol=1e-6)
+    assert_answers_like_the_fixture(loaded, usam)
     loaded.sam.remove_hooks()
 
 
