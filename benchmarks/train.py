@@ -70,12 +70,13 @@ def build_container(root: Path, rows: int, instances: int = 10, templates: int =
             )
         recs.append((rec, tens))
     images = -(-rows // (len(MODELS) * instances))
+    per_group = min(10, max(1, images // 2))  # the train/val split needs two groups
     for k in range(images):
         rec, tens = recs[k % templates]
         rec = {
             **rec,
-            "name": f"JPEGImages/v{k // 10:05d}/{k % 10:05d}.jpg",
-            "group": f"v{k // 10:05d}",
+            "name": f"JPEGImages/v{k // per_group:05d}/{k % per_group:05d}.jpg",
+            "group": f"v{k // per_group:05d}",
         }
         write_record(root / "records", rec, tens)
     from usam.container import ContainerWriter

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from usam.container import Container, ContainerWriter
 from usam.container.writer import MAX_LISTED
 from usam.errors import UsamError
+from usam.storage import write_tensors
 from usam.synthetic import make_record, write_record
 
 
@@ -218,3 +222,87 @@ def test_random_weights_are_warned_about(tmp_path, caplog):
     assert messages == [
         "some records were extracted with random SAM weights (a smoke test, not real data)"
     ]
+
+
+# ---- from the writer's second mutation run ---------------------------------------------------
+def test_a_single_root_may_be_a_string_or_a_path(tmp_path):
+    root = tmp_path / "r"
+    write_record(root, *make_record("a/1.jpg", "a"))
+    for given in (str(root), root):
+        assert ContainerWriter(roots=given, out=tmp_path / "c").roots == [root]
+        assert build(given, tmp_path / f"c{type(given).__name__}")["images"] == 1
+
+
+@pytest.mark.parametrize("key", ["offload", "augmented"])
+def test_a_flag_that_is_not_a_bool_is_named(tmp_path, key):
+    with pytest.raises(UsamError) as err:
+        ContainerWriter(roots=[tmp_path], out=tmp_path / "c", **{key: "no"})
+    assert str(err.value) == f"{key} must be true or false, got 'no'"
+
+
+def test_groups_of_one_name_in_two_datasets_are_two_groups(tmp_path):
+    root = tmp_path / "r"
+    write_record(root, *make_record("a/1.jpg", "h", dataset="mose"))
+    write_record(root, *make_record("b/1.jpg", "g", dataset="davis"))
+    write_record(root, *make_record("c/1.jpg", "g", dataset="mose"))
+    s = build([root], tmp_path / "c")
+    assert (s["images"], s["groups"]) == (3, 3)
+    c = Container.open(tmp_path / "c")
+    names, groups = c.table("image"), c.table("group")
+    by_image = {names[i]: groups[g] for i, g in zip(c.code("image"), c.code("group"), strict=True)}
+    assert by_image == {"a/1.jpg": "h", "b/1.jpg": "g", "c/1.jpg": "g"}
+    assert len(set(np.asarray(c.code("group")).tolist())) == 3
+
+
+def test_a_record_that_vanishes_between_the_passes_is_skipped_and_named(tmp_path, monkeypatch):
+    root = tmp_path / "r"
+    write_record(root, *make_record("a/1.jpg", "a"))
+    gone = write_record(root, *make_record("b/2.jpg", "b"))
+    scan = ContainerWriter._scan
+
+    def scan_then_remove(self):
+        stems = scan(self)
+        Path(f"{gone}.json").unlink()
+        return stems
+
+    monkeypatch.setattr(ContainerWriter, "_scan", scan_then_remove)
+    s = build([root], tmp_path / "c")
+    assert (s["images"], s["skipped_by_reason"]) == (1, {"incomplete": 1})
+    (skip,) = s["skipped_files"]
+    assert skip["file"] == f"{gone}.json" and skip["kind"] == "incomplete"
+    assert skip["reason"] == (
+        f"changed or vanished while building ([Errno 2] No such file or directory: '{gone}.json')"
+    )
+
+
+def test_a_record_whose_tensors_do_not_match_its_digest_is_skipped(tmp_path):
+    from usam.extract import RecordWriter
+
+    root = tmp_path / "r"
+    w = RecordWriter(root=root, dataset="davis", split="val")
+    for name, group in (("a/1.jpg", "a"), ("b/2.jpg", "b")):
+        w.write(name, *make_record(name, group))
+    rec, tensors = make_record("b/2.jpg", "b")
+    write_tensors(root / "b" / "2.safetensors", {k: v + 0.5 for k, v in tensors.items()})
+    s = build([root], tmp_path / "c")
+    assert (s["images"], s["skipped_by_reason"]) == (1, {"mismatched_pair": 1})
+    assert s["skipped_files"][0]["file"] == str(root / "b" / "2.safetensors")
+    assert s["records_without_digest"] == 0
+
+
+def test_seconds_and_rows_per_second_are_rounded(tmp_path, monkeypatch):
+    from usam.container import writer
+
+    root = tmp_path / "r"
+    write_record(root, *make_record("a/1.jpg", "a", instances=((1, 100), (2, 50))))
+    rows = 2 * 4  # instances x models
+    for ticks, seconds, rate in (
+        ((100.0, 101.23456789), 1.235, round(rows / 1.23456789, 1)),
+        ((5.0, 5.0), 0.0, rows * 1e9),  # a build faster than the clock: no division by zero
+    ):
+        clock = SimpleNamespace(perf_counter=iter(ticks).__next__)
+        monkeypatch.setattr(writer, "time", clock)
+        s = build([root], tmp_path / "c", overwrite=True)
+        assert s["rows"] == rows
+        assert (s["seconds"], s["rows_per_second"]) == (seconds, rate)
+    assert round(rows / 1.23456789, 1) == 6.5  # one decimal: 6.48 with two
