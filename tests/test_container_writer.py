@@ -306,3 +306,15 @@ def test_seconds_and_rows_per_second_are_rounded(tmp_path, monkeypatch):
         assert s["rows"] == rows
         assert (s["seconds"], s["rows_per_second"]) == (seconds, rate)
     assert round(rows / 1.23456789, 1) == 6.5  # one decimal: 6.48 with two
+
+
+def test_no_roots_is_an_error_and_nothing_is_replaced_before_a_build(tmp_path):
+    with pytest.raises(UsamError) as err:
+        ContainerWriter(roots=[], out=tmp_path / "c")
+    assert str(err.value) == "no record roots given; set roots=[<dir>, ...]"
+    root = tmp_path / "r"
+    write_record(root, *make_record("a/1.jpg", "a"))
+    build([root], tmp_path / "c")
+    w = ContainerWriter(roots=[root], out=tmp_path / "c", overwrite=True)
+    assert w.replaced is None  # until write() finds the container at out
+    assert w.write()["replaced"]["images"] == 1

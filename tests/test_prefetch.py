@@ -3,8 +3,12 @@ encoder call: the same records, order, resume and skip accounting as one image a
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -246,3 +250,208 @@ def test_prefetch_auto_reads_ahead_for_a_gpu_only(tmp_path):
     auto = dict(augment=TwoVariants(), writer=writer, prefetch="auto")
     assert Extractor(models=cpu, **auto).prefetch == 0
     assert Extractor(models=gpu, **auto).prefetch == 2
+
+
+# -- Extractor.run: what it reports (from the extract mutation run) -------------------------------
+class RefusesImage(BatchedFake):
+    """Raises SampleError on image `k` (by its brightness), like a model refusing an image:
+    alone or inside a batched encoder call."""
+
+    def __init__(self, size, gain, k):
+        super().__init__(size, gain)
+        self.k = k
+
+    def _check(self, image):
+        if float(image.mean()) == 20 + 30 * self.k:
+            raise SampleError(f"v/{self.k:05d}.jpg", "the encoder refused it")
+
+    def set_images(self, images):
+        for im in images:
+            self._check(im)
+        super().set_images(images)
+
+    def set_image(self, image):
+        self._check(image)
+        super().set_image(image)
+
+
+def test_run_reports_skips_both_kinds_of_failure_and_its_speed(tmp_path, monkeypatch, caplog):
+    import usam.extract
+
+    monkeypatch.setattr(
+        usam.extract, "time", SimpleNamespace(perf_counter=iter([10.0, 13.0]).__next__)
+    )
+    models = FakeModels([RefusesImage("tiny", 1.0, 2), BatchedFake("large", 0.5)])
+    models[0].compiled = True  # one compiled decoder of two: not "compiled_decoder"
+    writer = RecordWriter(root=tmp_path / "out", dataset="d", split="val")
+    ex = Extractor(models=models, augment=TwoVariants(), writer=writer, images_per_call=2)
+    reader = Images(tmp_path, broken=(5,))
+    writer.settings = ex.settings(reader)
+    writer.write("v/00001.jpg", {"name": "earlier"}, {"x": np.zeros(1, np.float32)})
+    with caplog.at_level(logging.INFO):
+        s = ex.run(reader)
+    # image 1 done before, 5 unreadable, 2 refused inside the batch [0, 2] (then one at a time:
+    # 0 is written), 4 has no instance; the reader's failures come first
+    assert s == {
+        "dataset": "images",
+        "split": "val",
+        "out_dir": str(tmp_path / "out"),
+        "shard": {"index": 0, "count": 1},
+        "images": 7,
+        "done": 4,
+        "skipped": 1,
+        "failed": 2,
+        "failures": [
+            {"file": "v/00005.jpg", "reason": "unreadable image 5"},
+            {"file": "v/00002.jpg", "reason": "the encoder refused it"},
+        ],
+        "dropped": {},
+        "instances": 6,  # images 0, 3, 6 with two each
+        "seconds": 3.0,
+        "images_per_second": 1.3333,
+        "encoder_passes": 12,  # 3 images with instances x 2 variants x 2 models
+        "models": ["tiny", "large"],
+        "variants": ["original", "dark"],
+        "sam_version": "fake",
+        "random_weights": True,
+        "compiled_decoder": False,
+    }
+    written = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in writer.root.rglob("*.json")
+    )
+    assert written == [f"v/0000{k}.json" for k in (0, 1, 3, 4, 6)]
+    mine = [r.getMessage() for r in caplog.records if r.name == "usam.extract"]
+    assert mine == [
+        "SAM 2 has RANDOM weights: every record is marked random_weights=true and its numbers "
+        "mean nothing",
+        "skipping v/00002.jpg: the encoder refused it",
+        "extracted 4 images (1 already done, 2 failed), 6 instances in 3.0 s",
+        "failed: v/00005.jpg: unreadable image 5",
+        "failed: v/00002.jpg: the encoder refused it",
+    ]
+    # every record carries the settings of the run
+    settings = json.loads((writer.root / "v" / "00003.json").read_text())["settings"]
+    assert settings == ex.settings(reader) == writer.settings
+    assert settings["random_weights"] is True and settings["models"] == ["tiny", "large"]
+
+
+def test_run_of_real_weights_compiled_decoders_a_shard_and_no_time(tmp_path, monkeypatch, caplog):
+    import usam.extract
+
+    monkeypatch.setattr(usam.extract, "time", SimpleNamespace(perf_counter=lambda: 5.0))
+    models = FakeModels([BatchedFake("tiny", 1.0), BatchedFake("large", 0.5)])
+    models.random_weights = False
+    for m in models:
+        m.compiled = True
+    writer = RecordWriter(root=tmp_path / "out", dataset="d", split="val")
+    ex = Extractor(models=models, augment=TwoVariants(), writer=writer)
+    with caplog.at_level(logging.WARNING):
+        s = ex.run(Images(tmp_path, shard_index=1, shard_count=2))
+    assert s["shard"] == {"index": 1, "count": 2} and (s["images"], s["done"]) == (4, 4)
+    assert (s["seconds"], s["images_per_second"]) == (0.0, None)
+    assert (s["random_weights"], s["compiled_decoder"]) == (False, True)
+    assert not [r for r in caplog.records if r.name == "usam.extract"]
+
+
+def test_run_shows_a_progress_bar_of_every_entry(tmp_path, capsys):
+    ex = Extractor(
+        models=FakeModels([BatchedFake("tiny", 1.0)]),
+        augment=TwoVariants(),
+        writer=RecordWriter(root=tmp_path / "out", dataset="d", split="val"),
+    )
+    ex.run(Images(tmp_path, broken=(5,), name="seven"))
+    err = capsys.readouterr().err
+    assert re.search(r"extract seven/val: 100%\|[^|]*\| 7/7 \[[^\]]*img/s\]", err), err
+
+
+@pytest.mark.parametrize("parallel, workers", [(True, 3), (False, 1)])
+def test_run_reads_ahead_with_prefetch_threads_unless_the_reader_is_stateful(
+    tmp_path, monkeypatch, parallel, workers
+):
+    import usam.extract
+
+    asked = []
+
+    def spy(*args, **kw):
+        asked.append(kw["workers"])
+        return prefetch(*args, **kw)
+
+    monkeypatch.setattr(usam.extract, "prefetch", spy)
+    reader = Images(tmp_path)
+    reader.parallel_load = parallel
+    ex = Extractor(
+        models=FakeModels([BatchedFake("tiny", 1.0)]),
+        augment=TwoVariants(),
+        writer=RecordWriter(root=tmp_path / "out", dataset="d", split="val"),
+        prefetch=3,
+    )
+    assert ex.run(reader)["done"] == 7 and asked == [workers]
+
+
+def test_resume_skips_done_images_refuses_other_settings_and_resume_false_redoes_all(tmp_path):
+    def run(seed, resume=True):
+        ex = Extractor(
+            models=FakeModels([BatchedFake("tiny", 1.0)]),
+            augment=TwoVariants(),
+            writer=RecordWriter(root=tmp_path / "out", dataset="d", split="val"),
+            seed=seed,
+            resume=resume,
+        )
+        s = ex.run(Images(tmp_path))
+        return s["done"], s["skipped"]
+
+    assert run(1) == (7, 0)
+    assert run(1) == (0, 7)
+    with pytest.raises(UsamError, match="other settings"):
+        run(2)
+    assert run(2, resume=False) == (7, 0)
+
+
+def test_settings_hold_what_changes_a_record(tmp_path):
+    class Models(FakeModels):
+        version, random_weights, image_size = "sam2.1", False, 512
+        weights = {"tiny": "sha256:ab", "large": "sha256:cd"}
+
+    class Bare(list):  # a models object with sizes only: the rest unknown
+        sizes = ["base_plus"]
+
+    class Described(TwoVariants):
+        def describe(self):
+            return {"original": {}, "dark": {"p": np.float64(0.5)}}
+
+    class Filtered(Images):
+        def content_settings(self):
+            return {"min_area": np.int64(3)}
+
+    writer = RecordWriter(root=tmp_path, dataset="d", split="val")
+    full = Extractor(
+        models=Models([FakeModel("tiny", 1.0), FakeModel("large", 0.5)]),
+        augment=Described(),
+        writer=writer,
+        seed=3,
+        n_samples=5,
+    ).settings(Filtered(tmp_path))
+    assert full == {
+        "sam_version": "sam2.1",
+        "models": ["tiny", "large"],
+        "weights": {"tiny": "sha256:ab", "large": "sha256:cd"},
+        "random_weights": False,
+        "image_size": 512,
+        "augment": {"original": {}, "dark": {"p": 0.5}},
+        "seed": 3,
+        "n_samples": 5,
+        "dataset": {"min_area": 3},
+    }
+    assert type(full["augment"]["dark"]["p"]) is float and type(full["dataset"]["min_area"]) is int
+    bare = Extractor(models=Bare(), augment=TwoVariants(), writer=writer).settings(Images(tmp_path))
+    assert bare == {
+        "sam_version": None,
+        "models": ["base_plus"],
+        "weights": None,
+        "random_weights": False,
+        "image_size": None,
+        "augment": ["original", "dark"],
+        "seed": 0,
+        "n_samples": 7,
+        "dataset": {},
+    }

@@ -236,11 +236,11 @@ class Extractor:
             workers=workers,
         )
         desc = f"extract {reader.name}/{reader.split}"
-        for entry, loaded in tqdm(items, total=len(reader.entries), desc=desc, unit="img"):
+        for _, loaded in tqdm(items, total=len(reader.entries), desc=desc, unit="img"):
             if loaded is SKIPPED:
                 skipped += 1
                 continue
-            sample = reader.count(entry, loaded[0])
+            sample = reader.count(loaded[0])
             if sample is None:
                 continue  # counted in reader.stats.unreadable
             batch.append((sample, loaded[1]))
@@ -298,7 +298,7 @@ class Extractor:
                 else list(augment.names),
                 "seed": self.seed,
                 "n_samples": self.n_samples,
-                "dataset": reader.content_settings() if hasattr(reader, "content_settings") else {},
+                "dataset": reader.content_settings(),
             }
         )
 

@@ -276,7 +276,7 @@ class ContainerWriter:
                 models.update(rec["models"])
                 variants.update(v for v in rec["variants"] if self.augmented or v == "original")
                 versions.add(str(rec.get("sam_version")))
-                self.random_weights |= bool(rec.get("random_weights", False))
+                self.random_weights |= bool(rec.get("random_weights"))
                 stems.append(stem)
         self.scanned = {(d, n) for d, _, n in seen}  # the images a build would hold at most
         self.models = rows.ordered(models, SIZES)
@@ -379,4 +379,4 @@ def _images(c: Container) -> set[tuple[str, str]]:
     codes, first = np.unique(np.asarray(c.code("image")), return_index=True)
     names, datasets = c.table("image"), list(c.meta["datasets"])
     dataset_codes = np.asarray(c.code("dataset"))[first]
-    return {(datasets[d], names[i]) for i, d in zip(codes, dataset_codes, strict=True)}
+    return {(datasets[dataset_codes[k]], names[i]) for k, i in enumerate(codes)}

@@ -200,9 +200,9 @@ class DatasetReader:
     def try_load(self, entry: Entry) -> Sample | None:
         """Load and count one entry; a broken one is logged, counted and returns None."""
         try:
-            return self.count(entry, self.load_checked(entry))
+            return self.count(self.load_checked(entry))
         except SampleError as err:
-            return self.count(entry, err)
+            return self.count(err)
 
     def load_checked(self, entry: Entry) -> Sample:
         """`load` plus the shape checks, counting nothing: safe in a background thread
@@ -212,7 +212,7 @@ class DatasetReader:
         self.check_count(len(sample.masks), entry.name)
         return sample
 
-    def count(self, entry: Entry, loaded: Sample | SampleError) -> Sample | None:
+    def count(self, loaded: Sample | SampleError) -> Sample | None:
         """The accounting of `try_load`, in the caller's thread: a SampleError is logged and
         counted (or raised with strict=True) and gives None."""
         if isinstance(loaded, SampleError):
