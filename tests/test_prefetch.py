@@ -279,19 +279,22 @@ def test_run_reports_skips_both_kinds_of_failure_and_its_speed(tmp_path, monkeyp
     import usam.extract
 
     monkeypatch.setattr(
-        usam.extract, "time", SimpleNamespace(perf_counter=iter([10.0, 13.0]).__next__)
+        usam.extract, "time", SimpleNamespace(perf_counter=iter([10.0, 13.00042]).__next__)
     )
-    models = FakeModels([RefusesImage("tiny", 1.0, 2), BatchedFake("large", 0.5)])
+    models = FakeModels([RefusesImage("tiny", 1.0, 3), BatchedFake("large", 0.5)])
     models[0].compiled = True  # one compiled decoder of two: not "compiled_decoder"
     writer = RecordWriter(root=tmp_path / "out", dataset="d", split="val")
     ex = Extractor(models=models, augment=TwoVariants(), writer=writer, images_per_call=2)
     reader = Images(tmp_path, broken=(5,))
     writer.settings = ex.settings(reader)
     writer.write("v/00001.jpg", {"name": "earlier"}, {"x": np.zeros(1, np.float32)})
+    drawn = []
+    prompts = ex.prompts
+    ex.prompts = lambda sample: drawn.append(sample.name) or prompts(sample)
     with caplog.at_level(logging.INFO):
         s = ex.run(reader)
-    # image 1 done before, 5 unreadable, 2 refused inside the batch [0, 2] (then one at a time:
-    # 0 is written), 4 has no instance; the reader's failures come first
+    # image 1 done before, 5 unreadable, 3 refused inside the batch [3, 4] (then one at a time:
+    # 4, after it, is written), 4 has no instance; the reader's failures come first
     assert s == {
         "dataset": "images",
         "split": "val",
@@ -303,12 +306,12 @@ def test_run_reports_skips_both_kinds_of_failure_and_its_speed(tmp_path, monkeyp
         "failed": 2,
         "failures": [
             {"file": "v/00005.jpg", "reason": "unreadable image 5"},
-            {"file": "v/00002.jpg", "reason": "the encoder refused it"},
+            {"file": "v/00003.jpg", "reason": "the encoder refused it"},
         ],
         "dropped": {},
-        "instances": 6,  # images 0, 3, 6 with two each
-        "seconds": 3.0,
-        "images_per_second": 1.3333,
+        "instances": 6,  # images 0, 2, 6 with two each
+        "seconds": 3.0,  # to the millisecond
+        "images_per_second": 1.3331,
         "encoder_passes": 12,  # 3 images with instances x 2 variants x 2 models
         "models": ["tiny", "large"],
         "variants": ["original", "dark"],
@@ -319,26 +322,31 @@ def test_run_reports_skips_both_kinds_of_failure_and_its_speed(tmp_path, monkeyp
     written = sorted(
         p.relative_to(tmp_path / "out").as_posix() for p in writer.root.rglob("*.json")
     )
-    assert written == [f"v/0000{k}.json" for k in (0, 1, 3, 4, 6)]
+    assert written == [f"v/0000{k}.json" for k in (0, 1, 2, 4, 6)]
+    # prompts are drawn once per image read, also when a batch is redone one image at a time
+    assert drawn == [f"v/0000{k}.jpg" for k in (0, 2, 3, 4, 6)]
     mine = [r.getMessage() for r in caplog.records if r.name == "usam.extract"]
     assert mine == [
         "SAM 2 has RANDOM weights: every record is marked random_weights=true and its numbers "
         "mean nothing",
-        "skipping v/00002.jpg: the encoder refused it",
+        "skipping v/00003.jpg: the encoder refused it",
         "extracted 4 images (1 already done, 2 failed), 6 instances in 3.0 s",
         "failed: v/00005.jpg: unreadable image 5",
-        "failed: v/00002.jpg: the encoder refused it",
+        "failed: v/00003.jpg: the encoder refused it",
     ]
     # every record carries the settings of the run
-    settings = json.loads((writer.root / "v" / "00003.json").read_text())["settings"]
+    settings = json.loads((writer.root / "v" / "00002.json").read_text())["settings"]
     assert settings == ex.settings(reader) == writer.settings
     assert settings["random_weights"] is True and settings["models"] == ["tiny", "large"]
 
 
-def test_run_of_real_weights_compiled_decoders_a_shard_and_no_time(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("ticks, seconds, rate", [((5.0, 5.0), 0.0, None), ((5.0, 5.5), 0.5, 8.0)])
+def test_run_of_real_weights_compiled_decoders_a_shard_and_its_speed(
+    tmp_path, monkeypatch, caplog, ticks, seconds, rate
+):
     import usam.extract
 
-    monkeypatch.setattr(usam.extract, "time", SimpleNamespace(perf_counter=lambda: 5.0))
+    monkeypatch.setattr(usam.extract, "time", SimpleNamespace(perf_counter=iter(ticks).__next__))
     models = FakeModels([BatchedFake("tiny", 1.0), BatchedFake("large", 0.5)])
     models.random_weights = False
     for m in models:
@@ -348,7 +356,7 @@ def test_run_of_real_weights_compiled_decoders_a_shard_and_no_time(tmp_path, mon
     with caplog.at_level(logging.WARNING):
         s = ex.run(Images(tmp_path, shard_index=1, shard_count=2))
     assert s["shard"] == {"index": 1, "count": 2} and (s["images"], s["done"]) == (4, 4)
-    assert (s["seconds"], s["images_per_second"]) == (0.0, None)
+    assert (s["seconds"], s["images_per_second"]) == (seconds, rate)  # none for no time
     assert (s["random_weights"], s["compiled_decoder"]) == (False, True)
     assert not [r for r in caplog.records if r.name == "usam.extract"]
 
