@@ -1163,3 +1163,41 @@ def test_target_rows_log_the_dropped_nan_rows_and_hand_float32_on(tmp_path, capl
     x, y, dropped = target_rows(view, "task_gap", "val")
     assert dropped == 0 and x.dtype == np.float32 and y.dtype == np.float32
     assert not [r for r in caplog.records if r.name == "usam.train"]  # nothing dropped: no line
+
+
+# ---- from the mutation run of Trainer.__init__ and .hyperparameters (2026-11-30) --------------
+def test_trainer_takes_every_step_and_names_the_device_key():
+    for step in ("autograd", "eager", "compile", "cuda_graph"):
+        assert Trainer(device="cpu", step=step).step == step
+    with pytest.raises(UsamError) as err:
+        Trainer(device="gpu7")
+    assert str(err.value).startswith("device='gpu7' is not a device (")
+
+
+def test_hyperparameters_of_a_mixed_container_and_a_mismatched_dataset(caplog):
+    trainer = Trainer(device="cpu")
+    unset = {
+        "target": "iou_large",
+        "lr": None,
+        "epochs": None,
+        "batch_size": None,
+        "momentum": None,
+    }
+    mixed = {"datasets": ["davis", "mose"]}
+    with caplog.at_level(logging.WARNING, logger="usam.train"):
+        hp = trainer.hyperparameters(dict(unset), mixed, None)
+    assert caplog.messages == [
+        "no tuned hyperparameters for dataset 'unknown'; using COCO's default"
+    ]
+    assert hp == trainer.hyperparameters(dict(unset), {}, "coco")
+    assert hp["hidden"] == [512, 512]  # the paper's MLP when predictor.hidden is not given
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="usam.train"):
+        hp = trainer.hyperparameters({**unset, "hidden": (64, 32)}, {"datasets": ["mose"]}, "davis")
+    assert caplog.messages == [
+        "dataset=davis but the container holds mose; using mose's tuned defaults"
+    ]
+    assert hp["hidden"] == [64, 32]
+    assert {k: hp[k] for k in ("batch_size", "epochs", "lr", "momentum")} == (
+        paper_hyperparameters("mose", "iou_large")
+    )
