@@ -151,7 +151,7 @@ def merged_meta(parts: Sequence[Any]) -> dict[str, Any]:
 
 def target_rows(c, target: str, where: str) -> tuple[np.ndarray, np.ndarray, int]:
     """(tokens [n, 512], shifted and clipped targets [n], rows dropped for a NaN target)."""
-    y = np.asarray(c[target], dtype=np.float64)
+    y = np.asarray(c[target])  # float64 columns (usam/container/writer.py)
     check_finite_rows(c, np.isinf(y), f"{target} is infinite", where)
     keep = np.isfinite(y)
     dropped = int((~keep).sum())
@@ -160,10 +160,10 @@ def target_rows(c, target: str, where: str) -> tuple[np.ndarray, np.ndarray, int
             "%s: %d of %d rows have no %s (NaN) and are dropped", where, dropped, len(y), target
         )
     idx = np.flatnonzero(keep)
-    tokens = np.asarray(c.tokens[idx] if dropped else c.tokens, dtype=np.float32)
+    tokens = np.asarray(c.tokens[idx] if dropped else c.tokens)  # float32 in the container
     # a NaN or inf makes the sum non-finite (an overflow too: then the rows are looked at)
     if not np.isfinite(tokens.sum()):
-        bad = np.zeros(len(y), dtype=bool)
+        bad = np.zeros_like(keep)
         bad[idx[~np.isfinite(tokens).all(axis=(1, 2))]] = True
         check_finite_rows(c, bad, "tokens hold NaN or inf", where)
     y = np.clip(y[idx] + TARGETS[target], 0.0, 1.0).astype(np.float32)
