@@ -1201,3 +1201,19 @@ def test_hyperparameters_of_a_mixed_container_and_a_mismatched_dataset(caplog):
     assert {k: hp[k] for k in ("batch_size", "epochs", "lr", "momentum")} == (
         paper_hyperparameters("mose", "iou_large")
     )
+
+
+def test_load_splits_by_the_trainers_seed(tmp_path):
+    from usam.protocol import split_groups
+
+    path = hand_container(tmp_path, groups=10, augmented=False)
+    c = Container.open(path).filter(augmented=False)
+    seen = []
+    for seed in (0, 3, 11):
+        trainer = Trainer(device="cpu", seed=seed, refit_all=False)
+        data = trainer.load(container=path, target="iou_large")
+        ((train, _),) = split_groups([c], 0.2, seed)
+        groups = sorted({"g" + Path(n).stem for n in train.names})  # img/<k>.jpg is group g<k>
+        assert data.seen == {"coco": groups} and data.record["split"]["seed"] == seed
+        seen.append(groups)
+    assert seen[0] != seen[1] != seen[2] != seen[0]  # the seeds split these data differently
