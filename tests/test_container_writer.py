@@ -15,7 +15,6 @@ import pytest
 from usam.container import Container, ContainerWriter
 from usam.container.writer import MAX_LISTED
 from usam.errors import UsamError
-from usam.storage import write_tensors
 from usam.synthetic import make_record, write_record
 
 
@@ -273,21 +272,6 @@ def test_a_record_that_vanishes_between_the_passes_is_skipped_and_named(tmp_path
     assert skip["reason"] == (
         f"changed or vanished while building ([Errno 2] No such file or directory: '{gone}.json')"
     )
-
-
-def test_a_record_whose_tensors_do_not_match_its_digest_is_skipped(tmp_path):
-    from usam.extract import RecordWriter
-
-    root = tmp_path / "r"
-    w = RecordWriter(root=root, dataset="davis", split="val")
-    for name, group in (("a/1.jpg", "a"), ("b/2.jpg", "b")):
-        w.write(name, *make_record(name, group))
-    rec, tensors = make_record("b/2.jpg", "b")
-    write_tensors(root / "b" / "2.safetensors", {k: v + 0.5 for k, v in tensors.items()})
-    s = build([root], tmp_path / "c")
-    assert (s["images"], s["skipped_by_reason"]) == (1, {"mismatched_pair": 1})
-    assert s["skipped_files"][0]["file"] == str(root / "b" / "2.safetensors")
-    assert s["records_without_digest"] == 0
 
 
 def test_seconds_and_rows_per_second_are_rounded(tmp_path, monkeypatch):

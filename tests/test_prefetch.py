@@ -116,6 +116,14 @@ class BatchedFake(FakeModel):
         self.c0 = self._c0s[i]
 
 
+def one_model(root, **kw) -> Extractor:
+    """An Extractor of one hand-made model over two variants, writing under `root`."""
+    writer = RecordWriter(root=root, dataset="d", split="val")
+    return Extractor(
+        models=FakeModels([BatchedFake("tiny", 1.0)]), augment=TwoVariants(), writer=writer, **kw
+    )
+
+
 def extract(tmp_path, name, *, prefetch=0, images_per_call=1, done=(), broken=(5,)):
     models = FakeModels([BatchedFake("tiny", 1.0), BatchedFake("large", 0.5)])
     writer = RecordWriter(root=tmp_path / name, dataset="d", split="val")
@@ -174,12 +182,7 @@ def test_a_stateful_reader_gets_one_loader_thread(tmp_path):
             seen.add(threading.current_thread().name)
             return super().load(entry)
 
-    ex = Extractor(
-        models=FakeModels([BatchedFake("tiny", 1.0)]),
-        augment=TwoVariants(),
-        writer=RecordWriter(root=tmp_path / "o", dataset="d", split="val"),
-        prefetch=4,
-    )
+    ex = one_model(tmp_path / "o", prefetch=4)
     assert ex.run(OneAtATime(tmp_path, broken=()))["done"] == 7
     assert len(seen) == 1 and next(iter(seen)).startswith("usam-prefetch")
 
@@ -362,12 +365,7 @@ def test_run_of_real_weights_compiled_decoders_a_shard_and_its_speed(
 
 
 def test_run_shows_a_progress_bar_of_every_entry(tmp_path, capsys):
-    ex = Extractor(
-        models=FakeModels([BatchedFake("tiny", 1.0)]),
-        augment=TwoVariants(),
-        writer=RecordWriter(root=tmp_path / "out", dataset="d", split="val"),
-    )
-    ex.run(Images(tmp_path, broken=(5,), name="seven"))
+    one_model(tmp_path / "out").run(Images(tmp_path, broken=(5,), name="seven"))
     err = capsys.readouterr().err
     assert re.search(r"extract seven/val: 100%\|[^|]*\| 7/7 \[[^\]]*img/s\]", err), err
 
@@ -387,25 +385,12 @@ def test_run_reads_ahead_with_prefetch_threads_unless_the_reader_is_stateful(
     monkeypatch.setattr(usam.extract, "prefetch", spy)
     reader = Images(tmp_path)
     reader.parallel_load = parallel
-    ex = Extractor(
-        models=FakeModels([BatchedFake("tiny", 1.0)]),
-        augment=TwoVariants(),
-        writer=RecordWriter(root=tmp_path / "out", dataset="d", split="val"),
-        prefetch=3,
-    )
-    assert ex.run(reader)["done"] == 7 and asked == [workers]
+    assert one_model(tmp_path / "out", prefetch=3).run(reader)["done"] == 7 and asked == [workers]
 
 
 def test_resume_skips_done_images_refuses_other_settings_and_resume_false_redoes_all(tmp_path):
     def run(seed, resume=True):
-        ex = Extractor(
-            models=FakeModels([BatchedFake("tiny", 1.0)]),
-            augment=TwoVariants(),
-            writer=RecordWriter(root=tmp_path / "out", dataset="d", split="val"),
-            seed=seed,
-            resume=resume,
-        )
-        s = ex.run(Images(tmp_path))
+        s = one_model(tmp_path / "out", seed=seed, resume=resume).run(Images(tmp_path))
         return s["done"], s["skipped"]
 
     assert run(1) == (7, 0)
